@@ -1,6 +1,7 @@
 // Operator schemas of the styleda_fast library, declared once. Each backend registers its kernels in its
 // own file (TORCH_LIBRARY_IMPL): the CPU kernels in csrc/*_cpu.cpp, the CUDA ones from Python (Triton).
-// Fake (meta) kernels and autograd formulas are registered from styleda_fast/_ops/.
+// Fake (meta) kernels and autograd formulas are registered from styleda_fast/_ops/<family>.py. Each family of
+// operators would get its own TORCH_LIBRARY_FRAGMENT block naming its Python module.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -13,7 +14,7 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(styleda_fast, m) {
-  m.set_python_module("styleda_fast._ops");
+  m.set_python_module("styleda_fast._ops.style_mix");  // where the fake kernels live
   // Per-patch statistics of x (B, C, H, W) over a grid_h x grid_w grid: mean and std (B, C, gh, gw),
   // in float32 for half inputs (float64 for double).
   m.def("patch_mean_std(Tensor x, int grid_h, int grid_w, float eps) -> (Tensor mean, Tensor std)");

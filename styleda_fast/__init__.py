@@ -1,0 +1,23 @@
+"""styleda_fast: fused kernels for language-driven feature style augmentation (PODA, FAMix).
+
+    from styleda_fast import local_style_mix, patch_mean_std
+
+CPU tensors run fused C++ kernels, CUDA tensors fused Triton kernels; ``backends()`` says what runs here and
+``use_backend(name)`` forces one.
+"""
+
+from styleda_fast import _ops  # noqa: F401  (registers fake kernels, autograd and CUDA kernels of the operators)
+from styleda_fast._backend import BackendStatus, backends, use_backend
+from styleda_fast.reference import patch_bounds
+from styleda_fast.style_mix import local_style_mix, patch_mean_std
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendStatus",
+    "backends",
+    "local_style_mix",
+    "patch_bounds",
+    "patch_mean_std",
+    "use_backend",
+]

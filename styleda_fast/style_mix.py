@@ -1,0 +1,138 @@
+"""Public API of the style-mix family: per-patch statistics and patch-wise style transfer with mixing.
+
+``local_style_mix`` is the augmentation of PODA (global AdaIN toward a mined style, optionally mixed with the
+image's own statistics: ``grid=1``) and of FAMix (the same per patch of a ``g x g`` grid, with a style per patch
+and Beta-distributed mixing weights shared by the patches of an image). See ``shared/SPEC.md`` sections 1-2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from styleda_fast import reference
+from styleda_fast._backend import select_backend
+from styleda_fast._checks import check_eps, check_features, dense_layout, normalize_grid, per_patch
+from styleda_fast._ops.style_mix import TritonLocalStyleMix, TritonPatchMeanStd, acc_dtype, triton_kernels
+
+
+def patch_mean_std(x: Tensor, grid: int | tuple[int, int] = 1, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of each patch of a ``gh x gw`` grid, per image and channel.
+
+    Args:
+        x: ``(B, C, H, W)`` float16/bfloat16/float32/float64, any ``H >= gh``, ``W >= gw``.
+        grid: ``g`` or ``(gh, gw)``. Patch ``(i, j)`` covers rows ``floor(i*H/gh)..floor((i+1)*H/gh)`` and
+            columns ``floor(j*W/gw)..floor((j+1)*W/gw)``; ``grid=1`` gives PODA's ``calc_mean_std``.
+        eps: added to the variance before the square root.
+    Returns:
+        ``(mean, std)``, each ``(B, C, gh, gw)`` in x's dtype (accumulated in float32 or float64), with
+        ``std = sqrt(unbiased variance + eps)``. A 1-pixel patch has variance 0 (not NaN): ``std = sqrt(eps)``.
+        Differentiable with respect to ``x``.
+    """
+    check_features(x)
+    gh, gw = normalize_grid(grid, x.shape[2], x.shape[3])
+    eps = check_eps(eps)
+    x = dense_layout(x)
+    backend = select_backend(x.device)
+    if backend == "reference":
+        mean, std = reference.patch_mean_std(x.to(acc_dtype(x.dtype)), (gh, gw), eps)
+    elif backend == "triton" and x.device.type == "cpu":
+        mean, std = TritonPatchMeanStd.apply(x, gh, gw, eps)
+    else:
+        mean, std = torch.ops.styleda_fast.patch_mean_std(x, gh, gw, eps)
+    return mean.to(x.dtype), std.to(x.dtype)
+
+
+def local_style_mix(
+    x: Tensor,
+    style_mean: Tensor,
+    style_std: Tensor,
+    *,
+    grid: int | tuple[int, int] = 3,
+    mix: Tensor | float | None = None,
+    activation: str | None = "relu",
+    eps: float = 1e-5,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Patch-wise AdaIN toward target styles, optionally mixed with each patch's own statistics.
+
+    For each image ``b``, channel ``c`` and patch ``p`` (with its statistics ``mean, std`` from
+    :func:`patch_mean_std`): ``y = act(std_t * (x - mean) / std + mean_t)``, where with ``mix = s``
+    ``mean_t = s*mean + (1-s)*style_mean`` and ``std_t = s*std + (1-s)*style_std``.
+
+    Args:
+        x: ``(B, C, H, W)`` float16/bfloat16/float32/float64, NCHW or channels_last (same numbers either way).
+        style_mean, style_std: target statistics, broadcastable to ``(B, C, gh, gw)``: ``(B, C)`` or
+            ``(B, C, 1, 1)`` (one style per image, PODA) or ``(B, C, gh, gw)`` (one per patch, FAMix).
+        grid: ``g`` or ``(gh, gw)``; ``1`` is global (PODA) transfer. Any ``H >= gh``, ``W >= gw``.
+        mix: ``None`` (pure transfer), a number, or weights broadcastable to ``(B, C, gh, gw)``, e.g. FAMix's
+            ``(B, C)`` Beta(0.1, 0.1) draws shared by all patches of an image.
+        activation: ``"relu"`` (PODA and FAMix) or ``None``.
+        eps: added to the variance of each patch.
+        out: optional preallocated output with x's shape, dtype and device (may be ``x`` itself, in place). Meant
+            for frozen feature extractors: it is an error if any input requires grad while grad mode is on.
+    Returns:
+        ``(B, C, H, W)`` tensor in x's dtype and memory format (``out`` when given). Differentiable with respect
+        to ``x``, ``style_mean``, ``style_std`` and ``mix`` through a fused backward kernel.
+    """
+    check_features(x)
+    gh, gw = normalize_grid(grid, x.shape[2], x.shape[3])
+    eps = check_eps(eps)
+    if activation not in ("relu", None):
+        raise ValueError(f"activation must be 'relu' or None, got {activation!r}")
+    shape = (x.shape[0], x.shape[1], gh, gw)
+    acc = acc_dtype(x.dtype)
+    target_mean = per_patch(style_mean, "style_mean", shape, x.device, acc)
+    target_std = per_patch(style_std, "style_std", shape, x.device, acc)
+    mix = None if mix is None else per_patch(mix, "mix", shape, x.device, acc)
+    relu = activation == "relu"
+    if out is not None:
+        return _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, (style_mean, style_std))
+    x = dense_layout(x)
+    backend = select_backend(x.device)
+    if backend == "reference":
+        y = reference.local_style_mix(x.to(acc), target_mean, target_std, (gh, gw), mix, activation, eps)
+        return y.to(x.dtype)
+    if backend == "triton" and x.device.type == "cpu":
+        return TritonLocalStyleMix.apply(x, target_mean, target_std, mix, gh, gw, relu, eps)
+    return torch.ops.styleda_fast.local_style_mix(x, target_mean, target_std, mix, gh, gw, relu, eps)[0]
+
+
+def _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, originals) -> Tensor:
+    if not isinstance(out, Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(
+            f"out must match x: shape {tuple(x.shape)}, {x.dtype}, {x.device}; "
+            f"got {tuple(out.shape)}, {out.dtype}, {out.device}"
+        )
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mix, *originals)):
+        raise ValueError(
+            "out= computes no gradient, but an input requires grad; call without out= or under torch.no_grad()"
+        )
+    if out.is_contiguous():
+        x = x.contiguous()
+    elif out.is_contiguous(memory_format=torch.channels_last):
+        x = x.contiguous(memory_format=torch.channels_last)
+    else:
+        raise ValueError("out must be contiguous or channels_last contiguous")
+    if x.data_ptr() != out.data_ptr() and _overlaps(x, out):
+        raise ValueError("out partially overlaps x; pass x itself (in place) or a separate tensor")
+    backend = select_backend(x.device)
+    if backend == "reference":
+        acc = acc_dtype(x.dtype)
+        activation = "relu" if relu else None
+        out.copy_(reference.local_style_mix(x.to(acc), target_mean, target_std, (gh, gw), mix, activation, eps))
+    elif backend == "triton" and x.device.type == "cpu":
+        triton_kernels().local_style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out)
+    else:
+        torch.ops.styleda_fast.local_style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out)
+    return out
+
+
+def _overlaps(a: Tensor, b: Tensor) -> bool:
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    a_end = a.data_ptr() + a.numel() * a.element_size()
+    b_end = b.data_ptr() + b.numel() * b.element_size()
+    return a.data_ptr() < b_end and b.data_ptr() < a_end
