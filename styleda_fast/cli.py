@@ -1,0 +1,33 @@
+"""The ``styleda-fast`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="styleda-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="time the fused operations against copy, eager and torch.compile")
+    bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    bench.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
+    bench.add_argument("--quick", action="store_true", help="small shapes (a smoke test, not a measurement)")
+    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    bench.add_argument("--family", action="append", help="only these operation families (repeatable)")
+    sub.add_parser("backends", help="which backends run on this machine")
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        from styleda_fast.bench import run
+
+        run(args.device, args.out, args.quick, not args.no_compile, args.family)
+    elif args.command == "backends":
+        from styleda_fast import backends
+
+        for name, status in backends().items():
+            print(f"{name:10} {'available' if status.available else 'unavailable':12} {status.detail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
