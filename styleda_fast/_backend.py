@@ -57,7 +57,9 @@ def backends() -> dict[str, BackendStatus]:
     return {
         "reference": BackendStatus(True, "plain PyTorch, any device (slow; the executable specification)"),
         "cpp": BackendStatus(_CPP_PROBLEM is None, _CPP_PROBLEM or "fused C++ kernels for CPU tensors"),
-        "triton": BackendStatus(_TRITON_PROBLEM is None, _TRITON_PROBLEM or f"fused Triton kernels for {triton_detail}"),
+        "triton": BackendStatus(
+            _TRITON_PROBLEM is None, _TRITON_PROBLEM or f"fused Triton kernels for {triton_detail}"
+        ),
     }
 
 
@@ -100,7 +102,9 @@ def _check_forced(name: str, device: torch.device) -> None:
         if _TRITON_PROBLEM is not None:
             raise RuntimeError(f"backend 'triton' is not available: {_TRITON_PROBLEM}")
         if device.type not in ("cuda", "cpu"):
-            raise ValueError(f"backend 'triton' runs on CUDA tensors (or CPU tensors when interpreting); x is on {device}")
+            raise ValueError(
+                f"backend 'triton' runs on CUDA tensors (or CPU tensors when interpreting); x is on {device}"
+            )
         if device.type == "cpu" and not _interpreting():
             raise ValueError("backend 'triton' runs on CPU tensors only under TRITON_INTERPRET=1")
 

@@ -66,56 +66,54 @@ def _forward_backward(fn, inputs, grad):
 def style_mix_cases(device: torch.device, quick: bool, compile_baseline: bool) -> list[Case]:
     """FAMix (grid 3, a style per patch, Beta mixing) and PODA (global, uniform mixing) at the FAMix shape."""
     shape = (2, 64, 48, 48) if quick else (8, 256, 192, 192)
-    B, C = shape[:2]
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = (torch.randn(shape, generator=gen) * 2 + 1).to(device)
-    out = torch.empty_like(x)
-    grad = torch.randn(shape, generator=gen).to(device)
-    nbytes = x.numel() * x.element_size()
     compiled = torch.compile(reference.local_style_mix) if compile_baseline else None
-    cases = []
-    for label, grid, per_patch, mix_dist in (
-        ("famix", 3, True, torch.distributions.Beta(0.1, 0.1)),
-        ("poda", 1, False, torch.distributions.Uniform(0.0, 1.0)),
-    ):
-        style_shape = (B, C, grid, grid) if per_patch else (B, C, 1, 1)
-        style_mean = (torch.randn(style_shape, generator=gen)).to(device)
-        style_std = (torch.rand(style_shape, generator=gen) + 0.5).to(device)
-        mix = mix_dist.sample((B, C)).to(device)
-        mix4 = mix[:, :, None, None]
-        ref_args = (style_mean, style_std, (grid, grid), mix4)
-        forward = {
-            "copy": lambda: out.copy_(x),
-            "clone": lambda: x.clone(),
-            "eager": lambda ra=ref_args: reference.local_style_mix(x, *ra),
-            "ours (out=)": lambda g=grid, sm=style_mean, ss=style_std, m=mix: local_style_mix(
-                x, sm, ss, grid=g, mix=m, out=out
-            ),
-            "ours": lambda g=grid, sm=style_mean, ss=style_std, m=mix: local_style_mix(x, sm, ss, grid=g, mix=m),
-        }
-        if compiled is not None:
-            forward["compile"] = lambda ra=ref_args: compiled(x, *ra)
-        cases.append(Case("style_mix", f"{label} forward", str(shape), 2 * nbytes, forward))
+    famix = _style_mix_setting("famix", x, 3, True, torch.distributions.Beta(0.1, 0.1), gen, compiled)
+    poda = _style_mix_setting("poda", x, 1, False, torch.distributions.Uniform(0.0, 1.0), gen, compiled)
+    return famix + poda
 
-        xg = x.clone().requires_grad_()
-        sm, ss, mg = (t.clone().requires_grad_() for t in (style_mean, style_std, mix))
-        sm4, ss4 = sm, ss
-        backward = {
-            "copy": lambda: out.copy_(x),
-            "eager": _forward_backward(
-                lambda g=grid: reference.local_style_mix(xg, sm4, ss4, (g, g), mg[:, :, None, None]), (xg, sm, ss, mg), grad
-            ),
-            "ours": _forward_backward(
-                lambda g=grid: local_style_mix(xg, sm, ss, grid=g, mix=mg), (xg, sm, ss, mg), grad
-            ),
-        }
-        if compiled is not None:
-            backward["compile"] = _forward_backward(
-                lambda g=grid: compiled(xg, sm4, ss4, (g, g), mg[:, :, None, None]), (xg, sm, ss, mg), grad
-            )
-        # ideal: forward reads x, writes y; backward reads x and dy, writes dx
-        cases.append(Case("style_mix", f"{label} forward+backward", str(shape), 5 * nbytes, backward))
-    return cases
+
+def _style_mix_setting(label, x, grid, per_patch, mix_distribution, gen, compiled) -> list[Case]:
+    """Forward and forward+backward cases of one setting (grid, style per patch or per image, mixing law)."""
+    B, C = x.shape[:2]
+    device, nbytes = x.device, x.numel() * x.element_size()
+    out = torch.empty_like(x)
+    style_shape = (B, C, grid, grid) if per_patch else (B, C, 1, 1)
+    style_mean = torch.randn(style_shape, generator=gen).to(device)
+    style_std = (torch.rand(style_shape, generator=gen) + 0.5).to(device)
+    mix = mix_distribution.sample((B, C)).to(device)
+    ref_args = (style_mean, style_std, (grid, grid), mix[:, :, None, None])
+    forward = {
+        "copy": lambda: out.copy_(x),
+        "clone": lambda: x.clone(),
+        "eager": lambda: reference.local_style_mix(x, *ref_args),
+        "ours (out=)": lambda: local_style_mix(x, style_mean, style_std, grid=grid, mix=mix, out=out),
+        "ours": lambda: local_style_mix(x, style_mean, style_std, grid=grid, mix=mix),
+    }
+    if compiled is not None:
+        forward["compile"] = lambda: compiled(x, *ref_args)
+
+    grad = torch.randn(x.shape, generator=gen).to(device)
+    xg, sm, ss, mg = (t.clone().requires_grad_() for t in (x, style_mean, style_std, mix))
+    leaves = (xg, sm, ss, mg)
+    backward = {
+        "copy": lambda: out.copy_(x),
+        "eager": _forward_backward(
+            lambda: reference.local_style_mix(xg, sm, ss, (grid, grid), mg[:, :, None, None]), leaves, grad
+        ),
+        "ours": _forward_backward(lambda: local_style_mix(xg, sm, ss, grid=grid, mix=mg), leaves, grad),
+    }
+    if compiled is not None:
+        backward["compile"] = _forward_backward(
+            lambda: compiled(xg, sm, ss, (grid, grid), mg[:, :, None, None]), leaves, grad
+        )
+    shape = str(tuple(x.shape))
+    return [
+        Case("style_mix", f"{label} forward", shape, 2 * nbytes, forward),
+        # ideal traffic: forward reads x and writes y; backward reads x and dy and writes dx
+        Case("style_mix", f"{label} forward+backward", shape, 5 * nbytes, backward),
+    ]
 
 
 CASE_FAMILIES: dict[str, Callable[[torch.device, bool, bool], list[Case]]] = {"style_mix": style_mix_cases}
@@ -218,7 +216,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run(device: str | None, out_dir: str, quick: bool, compile_baseline: bool, families: list[str] | None) -> list[dict]:
+def run(
+    device: str | None, out_dir: str, quick: bool, compile_baseline: bool, families: list[str] | None
+) -> list[dict]:
     """Run the benchmark families on ``device`` (default: CUDA if present, else CPU); write JSON and PNG."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out_dir)

@@ -74,21 +74,29 @@ def _expand_to_pixels(per_patch: torch.Tensor, row_index: torch.Tensor, col_inde
     return per_patch.index_select(2, row_index).index_select(3, col_index)
 
 
+def _patch_sums(t: torch.Tensor, row_index: torch.Tensor, col_index: torch.Tensor, grid: tuple[int, int]):
+    """Sum of ``t (B, C, H, W)`` over each patch: ``(B, C, gh, gw)``. Index-adds, so a NaN stays in its patch."""
+    B, C, _, W = t.shape
+    rows = t.new_zeros(B, C, grid[0], W).index_add(2, row_index, t)
+    return rows.new_zeros(B, C, grid[0], grid[1]).index_add(3, col_index, rows)
+
+
 def patch_mean_std(x: torch.Tensor, grid: tuple[int, int], eps: float = 1e-5):
     """Vectorized per-patch statistics (no Python loop over patches); same numbers as the loop version.
 
-    Patch sums are two small matrix products with 0/1 patch-membership matrices, which handles grids that
-    do not divide ``H`` or ``W``. The variance is two-pass (centered), never ``E[x^2] - E[x]^2``.
+    Patch sums are index-adds along rows then columns, which handles grids that do not divide ``H`` or ``W``.
+    The variance is two-pass (centered), never ``E[x^2] - E[x]^2``.
     """
     gh, gw = grid
     H, W = x.shape[2], x.shape[3]
     row_index, col_index = patch_index(H, gh, x.device), patch_index(W, gw, x.device)
-    rows = torch.nn.functional.one_hot(row_index, gh).to(x.dtype)  # (H, gh)
-    cols = torch.nn.functional.one_hot(col_index, gw).to(x.dtype)  # (W, gw)
-    count = rows.sum(0)[:, None] * cols.sum(0)[None, :]  # (gh, gw)
-    mean = torch.einsum("bchw,hi,wj->bcij", x, rows, cols) / count
+    bounds_h, bounds_w = patch_bounds(H, gh), patch_bounds(W, gw)
+    rows = torch.tensor([bounds_h[i + 1] - bounds_h[i] for i in range(gh)], dtype=x.dtype, device=x.device)
+    cols = torch.tensor([bounds_w[j + 1] - bounds_w[j] for j in range(gw)], dtype=x.dtype, device=x.device)
+    count = rows[:, None] * cols[None, :]  # (gh, gw)
+    mean = _patch_sums(x, row_index, col_index, grid) / count
     centered = x - _expand_to_pixels(mean, row_index, col_index)
-    var = torch.einsum("bchw,hi,wj->bcij", centered * centered, rows, cols) / (count - 1).clamp_min(1)
+    var = _patch_sums(centered * centered, row_index, col_index, grid) / (count - 1).clamp_min(1)
     return mean, (var + eps).sqrt()
 
 
@@ -114,5 +122,7 @@ def local_style_mix(x, style_mean, style_std, grid, mix=None, activation="relu",
         target_mean = mix * mean + (1 - mix) * target_mean
         target_std = mix * std + (1 - mix) * target_std
     scale = _expand_to_pixels(target_std / std, row_index, col_index)
-    y = (x - _expand_to_pixels(mean, row_index, col_index)) * scale + _expand_to_pixels(target_mean, row_index, col_index)
+    y = (x - _expand_to_pixels(mean, row_index, col_index)) * scale + _expand_to_pixels(
+        target_mean, row_index, col_index
+    )
     return torch.relu(y) if activation == "relu" else y
