@@ -361,17 +361,19 @@ void for_each_task(Layout layout, const PatchGrid& g, int64_t element_size, Run&
     const int64_t np = g.patches();
     at::parallel_for(0, g.batch * np * cblocks, 1, [&](int64_t begin, int64_t end) {
       Scratch<acc_t<T>> scratch;
-      std::vector<int64_t> param, count;
+      std::vector<int64_t> param, count, offsets;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t cb = task % cblocks, q = (task / cblocks) % np, b = task / (cblocks * np);
         const int64_t i = q / g.grid_w, j = q % g.grid_w, c0 = cb * block, nc = std::min(block, g.channels - c0);
         param.resize(nc);
         count.assign(nc, g.count(i, j));
         for (int64_t k = 0; k < nc; ++k) param[k] = param_index(g, b, c0 + k, i, j);
-        const int64_t pw = g.cols[j + 1] - g.cols[j], h0 = g.rows[i], w0 = g.cols[j];
-        auto row_offset = [&g, b, h0, w0, pw, c0](int64_t r) {
-          return ((b * g.height + h0 + r / pw) * g.width + w0 + r % pw) * g.channels + c0;
-        };
+        offsets.clear();  // offset of each pixel of the patch, computed once for the task's passes
+        for (int64_t h = g.rows[i]; h < g.rows[i + 1]; ++h)
+          for (int64_t w = g.cols[j]; w < g.cols[j + 1]; ++w)
+            offsets.push_back(((b * g.height + h) * g.width + w) * g.channels + c0);
+        const int64_t* pixel_offset = offsets.data();
+        auto row_offset = [pixel_offset](int64_t r) { return pixel_offset[r]; };
         auto patch_of = [](int64_t k) { return k; };
         Task<T, decltype(row_offset), decltype(patch_of)> t{g.count(i, j), nc, nc, row_offset, patch_of};
         run(t, param, count, scratch);

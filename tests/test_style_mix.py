@@ -171,11 +171,12 @@ def test_large_output_fully_written(backend):
     if backend == "triton" and backend_device(backend).type == "cpu":
         pytest.skip("too large for the Triton interpreter")
     shape, grid = (1, 8, 512, 520), (3, 3)
-    x = _features(shape, torch.float32, "cpu")
-    sm, ss = _style("patch", shape, grid, "cpu")
+    device = backend_device(backend)
+    x = _features(shape, torch.float32, device)
+    sm, ss = _style("patch", shape, grid, device)
     with use_backend(backend):
         y = local_style_mix(x, sm, ss, grid=grid, activation=None)
-    expected = reference.local_style_mix(x.double(), sm, ss, grid, None, None)
+    expected = reference.local_style_mix(x.double().cpu(), sm.cpu(), ss.cpu(), grid, None, None)
     assert_close(y, expected, TOLERANCE[torch.float32])
 
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Usage: benchmarks/gpu_check.sh OUT_DIR
+# On a machine with a CUDA GPU and torch + triton already installed (no internet needed): builds the package in
+# place, checks the Triton kernels against the float64 reference (gpu_check.py), runs the GPU tests when pytest is
+# there, and runs the benchmark on CUDA. Logs and JSON go to OUT_DIR. Budget: under 8 minutes.
+set -uo pipefail
+OUT="$(mkdir -p "${1:?usage: benchmarks/gpu_check.sh OUT_DIR}" && cd "$1" && pwd)"
+cd "$(dirname "$0")/.."
+status=0
+step() { echo "== $1 ($(date -u +%T))"; }
+
+step machine
+{ date -u; nvidia-smi; python -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name()); print('triton', triton.__version__)"; } > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt" | tail -3
+
+step build
+timeout 240 python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { echo "build failed"; tail -20 "$OUT/build.log"; status=1; }
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+step "kernel checks"
+timeout 150 python benchmarks/gpu_check.py --out "$OUT" > "$OUT/check.log" 2>&1 || status=1
+tail -3 "$OUT/check.log"; grep FAIL "$OUT/check.log" | head -20
+
+if python -c "import pytest, hypothesis" 2>/dev/null; then
+  step "pytest (GPU)"
+  timeout 120 python -m pytest tests -q -x -p no:cacheprovider -k "triton" > "$OUT/pytest.log" 2>&1 || status=1
+  tail -3 "$OUT/pytest.log"
+fi
+
+step benchmark
+timeout 200 python -m styleda_fast.cli bench --device cuda --out "$OUT" > "$OUT/bench.log" 2>&1 || status=1
+cat "$OUT/bench.log"
+step "done (status $status)"
+exit $status
