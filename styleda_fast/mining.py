@@ -1,0 +1,239 @@
+"""Style mining (PODA's PIN and FAMix's patch-wise PIN), batched across many of the public code's batches.
+
+For each item (a source image's or a patch's ``layer1`` features), trainable statistics ``mean_s, std_s (C,)``
+start at the item's own statistics and are optimized for ``steps`` SGD steps so that the CLIP image embedding of
+``relu(std_s * xn + mean_s)`` (``xn`` the normalized content) moves toward the item's text target (SPEC 5).
+
+Batching does not change any item's result: items are independent (the CLIP tail runs in eval mode, and SGD with
+momentum and weight decay acts elementwise), so mining many public batches at once only needs each item's loss
+to carry the weight it had in its own batch: ``1 / reference_batch_size``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from styleda_fast._checks import check_features
+from styleda_fast.style_mix import local_style_mix, patch_mean_std
+
+
+class ClipImageTail(nn.Module):
+    """The part of a CLIP ModifiedResNet after ``layer1``: ``(N, C1, H, W)`` features -> ``(N, D)`` embeddings.
+
+    Features are first average-pooled to ``pool_to x pool_to`` (56 for the RN50 family at 224 px), so that the
+    attention pool sees the 7x7 grid its positional embedding was trained for; ``pool_to=None`` skips that.
+    """
+
+    def __init__(self, visual: nn.Module, pool_to: int | None = 56):
+        super().__init__()
+        self.pool_to = pool_to
+        self.layer2, self.layer3, self.layer4 = visual.layer2, visual.layer3, visual.layer4
+        self.attnpool = visual.attnpool
+
+    def forward(self, features: Tensor) -> Tensor:
+        if self.pool_to is not None and tuple(features.shape[-2:]) != (self.pool_to, self.pool_to):
+            features = F.adaptive_avg_pool2d(features, self.pool_to)
+        return self.attnpool(self.layer4(self.layer3(self.layer2(features))))
+
+
+class ClipImageHead(nn.Module):
+    """The stem and ``layer1`` of a CLIP ModifiedResNet: ``(N, 3, H, W)`` images -> ``(N, C1, H/4, W/4)``."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual_stem = visual.stem
+        self.layer1 = visual.layer1
+        self._dtype = visual.conv1.weight.dtype
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.layer1(self.visual_stem(images.to(self._dtype)))
+
+
+def _check_modified_resnet(visual) -> None:
+    needed = ("stem", "conv1", "layer1", "layer2", "layer3", "layer4", "attnpool")
+    if not isinstance(visual, nn.Module) or not all(hasattr(visual, n) for n in needed):
+        raise TypeError(
+            "visual must be an open_clip ModifiedResNet (model.visual of RN50, RN101, RN50x4, ...), "
+            f"got {type(visual).__name__}"
+        )
+
+
+def clip_image_tail(visual: nn.Module, *, pool_to: int | None = 56) -> ClipImageTail:
+    """``layer1`` features -> image embedding (pool, ``layer2``..``layer4``, attention pool) of ``visual``."""
+    _check_modified_resnet(visual)
+    if pool_to is not None and (not isinstance(pool_to, int) or pool_to < 1):
+        raise ValueError(f"pool_to must be a positive int or None, got {pool_to!r}")
+    return ClipImageTail(visual, pool_to)
+
+
+def clip_image_head(visual: nn.Module) -> ClipImageHead:
+    """Images -> ``layer1`` features (the CLIP stem and ``layer1``) of ``visual``."""
+    _check_modified_resnet(visual)
+    return ClipImageHead(visual)
+
+
+@dataclasses.dataclass
+class MiningResult:
+    """Mined styles: ``mean (N, C)``, ``std (N, C)``, and each item's loss ``(N,)`` at the last step."""
+
+    mean: Tensor
+    std: Tensor
+    loss: Tensor
+
+
+def cosine_loss_per_item(image: Tensor, text: Tensor, detach_norm: bool) -> Tensor:
+    """``1 - cos(image_i, text_i)`` per row; ``detach_norm`` divides the image by its detached norm first, as the
+    public code does (the value is the same; the autograd graph is the public one)."""
+    if detach_norm:
+        image = image / image.norm(dim=-1, keepdim=True).detach()
+    return 1 - torch.cosine_similarity(text, image, dim=-1)
+
+
+def _item_weights(reference_batch_size, n: int, chunks: list[range], device) -> Tensor:
+    """Per-item loss weight ``1 / reference batch size`` (default: the size of the chunk the item is mined in)."""
+    if reference_batch_size is None:
+        weights = torch.empty(n)
+        for chunk in chunks:
+            weights[chunk.start : chunk.stop] = 1.0 / len(chunk)
+        return weights.to(device)
+    if isinstance(reference_batch_size, int) and not isinstance(reference_batch_size, bool):
+        if reference_batch_size < 1:
+            raise ValueError(f"reference_batch_size must be >= 1, got {reference_batch_size}")
+        return torch.full((n,), 1.0 / reference_batch_size, device=device)
+    if isinstance(reference_batch_size, Tensor) and reference_batch_size.shape == (n,):
+        if (reference_batch_size < 1).any():
+            raise ValueError("reference_batch_size must be >= 1 for every item")
+        return 1.0 / reference_batch_size.to(device=device, dtype=torch.float32)
+    raise ValueError(f"reference_batch_size must be None, an int or an (N,) tensor; got {reference_batch_size!r}")
+
+
+def mine_styles(
+    tail: nn.Module,
+    content: Tensor,
+    targets: Tensor,
+    *,
+    steps: int = 100,
+    lr: float = 1.0,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    feature_noise: float = 0.0,
+    seed: int | None = None,
+    detach_norm: bool = True,
+    clamp_std: bool = True,
+    reference_batch_size: int | Tensor | None = None,
+    batch_size: int | None = None,
+    item_offset: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> MiningResult:
+    """Optimize a style (mean, std per channel) for each content item toward its text target (SPEC 5).
+
+    Args:
+        tail: ``layer1`` features -> embeddings ``(N, D)``, e.g. :func:`clip_image_tail`. Put in eval mode here.
+        content: ``(N, C, H, W)`` items (whole images for PODA, patches for FAMix); detached.
+        targets: ``(N, D)`` text targets (normalized here).
+        steps, lr, momentum, weight_decay: SGD as in the public code (100 steps, lr 1, momentum 0.9, wd 1e-4).
+        feature_noise: standard deviation of Gaussian noise added to the synthesized features at each step
+            (a new draw per step and item, reproducible from ``seed`` and the item's index).
+        detach_norm: divide the embedding by its detached norm before the cosine (the public code's graph).
+        clamp_std: clamp ``std_s >= 0`` in place before each step (PODA's PIN; FAMix's patch-wise PIN does not).
+        reference_batch_size: the batch size each item had in the public code, whose loss is averaged over its
+            batch: each item's loss is weighted by ``1 / reference_batch_size``, so many public batches mined
+            together give the same styles. Default: the size of the chunk the item is mined in.
+        batch_size: items optimized together (memory); default all.
+        item_offset: global index of ``content[0]`` (keys the noise, so that shards and chunks agree).
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the encoder tail under autocast.
+        channels_last: run the tail on channels_last tensors.
+        progress: called with the number of items finished after each chunk.
+    Returns:
+        :class:`MiningResult` with ``mean``, ``std`` ``(N, C)`` float32 and ``loss (N,)``.
+    """
+    check_features(content, "content")
+    if not isinstance(targets, Tensor) or targets.dim() != 2 or targets.shape[0] != content.shape[0]:
+        raise ValueError(
+            f"targets must be (N, D) with N = {content.shape[0]} items, got "
+            f"{tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__}"
+        )
+    if targets.device != content.device:
+        raise ValueError(f"targets is on {targets.device} but content is on {content.device}")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if not math.isfinite(feature_noise) or feature_noise < 0:
+        raise ValueError(f"feature_noise must be >= 0, got {feature_noise!r}")
+    n = content.shape[0]
+    batch_size = n if batch_size is None else batch_size
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    chunks = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    weights = _item_weights(reference_batch_size, n, chunks, content.device)
+    tail.eval()
+    if channels_last:
+        tail.to(memory_format=torch.channels_last)
+    for p in tail.parameters():
+        p.requires_grad_(False)
+    targets = F.normalize(targets.float(), dim=-1)
+    means, stds, losses = [], [], []
+    for chunk in chunks:
+        result = _mine_chunk(
+            tail, content[chunk.start : chunk.stop].detach(), targets[chunk.start : chunk.stop],
+            weights[chunk.start : chunk.stop], steps, lr, momentum, weight_decay, feature_noise, seed,
+            item_offset + chunk.start, detach_norm, clamp_std, autocast_dtype, channels_last,
+        )  # fmt: skip
+        means.append(result.mean)
+        stds.append(result.std)
+        losses.append(result.loss)
+        if progress is not None:
+            progress(len(chunk))
+    if not chunks:
+        empty = content.new_zeros(0, content.shape[1], dtype=torch.float32)
+        return MiningResult(empty, empty.clone(), content.new_zeros(0, dtype=torch.float32))
+    return MiningResult(torch.cat(means), torch.cat(stds), torch.cat(losses))
+
+
+def _noise_generators(seed: int | None, first_item: int, count: int, device) -> list[torch.Generator] | None:
+    if seed is None:
+        return None
+    return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + first_item + i) for i in range(count)]
+
+
+def _mine_chunk(
+    tail, content, targets, weights, steps, lr, momentum, weight_decay, feature_noise, seed, first_item,
+    detach_norm, clamp_std, autocast_dtype, channels_last,
+) -> MiningResult:  # fmt: skip
+    mean0, std0 = patch_mean_std(content.float() if content.dtype == torch.float64 else content, 1)
+    style_mean = mean0.flatten(1).float().clone().requires_grad_()
+    style_std = std0.flatten(1).float().clone().requires_grad_()
+    optimizer = torch.optim.SGD([style_mean, style_std], lr=lr, momentum=momentum, weight_decay=weight_decay)
+    generators = _noise_generators(seed, first_item, content.shape[0], content.device) if feature_noise else None
+    if feature_noise and generators is None:
+        generators = [None] * content.shape[0]
+    item_loss = torch.full((content.shape[0],), float("nan"), device=content.device)
+    device_type = content.device.type
+    for _ in range(steps):
+        if clamp_std:
+            with torch.no_grad():
+                style_std.clamp_(min=0)
+        features = local_style_mix(content, style_mean, style_std, grid=1)
+        if feature_noise:
+            noise = torch.stack(
+                [torch.randn(content.shape[1:], generator=g, device=content.device) for g in generators]
+            )
+            features = features + feature_noise * noise.to(features.dtype)
+        if channels_last:
+            features = features.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            embeddings = tail(features)
+        per_item = cosine_loss_per_item(embeddings.float(), targets, detach_norm)
+        loss = (per_item * weights).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        item_loss = per_item.detach()
+    return MiningResult(style_mean.detach(), style_std.detach(), item_loss)

@@ -1,0 +1,115 @@
+"""mine_styles against an independent transcription of the public PIN loop, on a random-weight open_clip RN50."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+open_clip = pytest.importorskip("open_clip")
+
+from styleda_fast import reference  # noqa: E402
+from styleda_fast.mining import clip_image_head, clip_image_tail, mine_styles  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def rn50():
+    torch.manual_seed(0)
+    model = open_clip.create_model("RN50", pretrained=None)
+    return model.eval()
+
+
+def public_pin_loop(visual, content, targets, steps, clamp_std, detach_norm=True, lr=1.0):
+    """The public PIN optimization written from SPEC 5, one public batch (loss averaged over the batch)."""
+    mean0, std0 = reference.patch_mean_std_loop(content, (1, 1))
+    xn = (content - mean0) / std0
+    style_mean = torch.nn.Parameter(mean0.clone())
+    style_std = torch.nn.Parameter(std0.clone())
+    optimizer = torch.optim.SGD([style_mean, style_std], lr=lr, momentum=0.9, weight_decay=1e-4)
+    for _ in range(steps):
+        if clamp_std:
+            style_std.data.clamp_(min=0)
+        features = torch.relu(xn * style_std + style_mean)
+        features = F.adaptive_avg_pool2d(features, 56)
+        z = visual.attnpool(visual.layer4(visual.layer3(visual.layer2(features))))
+        if detach_norm:
+            z = z / z.norm(dim=-1, keepdim=True).clone().detach()
+        loss = (1 - torch.cosine_similarity(targets, z, dim=1)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return style_mean.detach().flatten(1), style_std.detach().flatten(1)
+
+
+def _items(n, size=20, seed=0):
+    """Content without exact zeros: on ReLU outputs (real layer1 features), the first step's pre-activation at a
+    zero pixel is 0 up to rounding, so which of those pixels pass the ReLU is decided by rounding noise, in the
+    public code as in any reimplementation; parity is only meaningful away from such ties."""
+    gen = torch.Generator().manual_seed(seed)
+    content = torch.randn(n, 256, size, size, generator=gen) * 0.5 + 0.3
+    targets = F.normalize(torch.randn(n, 1024, generator=gen), dim=-1)
+    return content, targets
+
+
+def _assert_rel(actual, expected, rtol, what):
+    err = ((actual - expected).abs().max() / expected.abs().max()).item()
+    assert err < rtol, f"{what}: relative error {err:.2e} >= {rtol:g}"
+
+
+@pytest.mark.parametrize("clamp_std", [True, False], ids=["poda_clamp", "famix_no_clamp"])
+@pytest.mark.parametrize("detach_norm", [True, False])
+def test_matches_public_pin_loop(rn50, clamp_std, detach_norm):
+    content, targets = _items(3)
+    expected_mean, expected_std = public_pin_loop(rn50.visual, content, targets, 3, clamp_std, detach_norm)
+    tail = clip_image_tail(rn50.visual)
+    result = mine_styles(tail, content, targets, steps=3, clamp_std=clamp_std, detach_norm=detach_norm)
+    assert result.mean.shape == (3, 256) and result.loss.shape == (3,)
+    assert not torch.equal(result.mean, content.mean(dim=(2, 3))), "the styles must move"
+    _assert_rel(result.mean, expected_mean, 1e-4, "mean")
+    _assert_rel(result.std, expected_std, 1e-4, "std")
+
+
+def test_many_public_batches_mined_together(rn50):
+    """Two public batches (sizes 2 and 3) mined in one call with per-item reference batch sizes."""
+    content, targets = _items(5, seed=1)
+    first = public_pin_loop(rn50.visual, content[:2], targets[:2], 2, True)
+    second = public_pin_loop(rn50.visual, content[2:], targets[2:], 2, True)
+    tail = clip_image_tail(rn50.visual)
+    sizes = torch.tensor([2, 2, 3, 3, 3])
+    result = mine_styles(tail, content, targets, steps=2, reference_batch_size=sizes)
+    _assert_rel(result.mean, torch.cat([first[0], second[0]]), 1e-4, "mean")
+    _assert_rel(result.std, torch.cat([first[1], second[1]]), 1e-4, "std")
+    chunked = mine_styles(tail, content, targets, steps=2, reference_batch_size=sizes, batch_size=2)
+    _assert_rel(chunked.mean, result.mean, 1e-5, "chunked mean")
+
+
+def test_feature_noise_is_seeded_per_item(rn50):
+    content, targets = _items(3, seed=2)
+    tail = clip_image_tail(rn50.visual)
+    kwargs = dict(steps=2, feature_noise=0.1, reference_batch_size=3)
+    a = mine_styles(tail, content, targets, seed=5, **kwargs)
+    b = mine_styles(tail, content, targets, seed=5, batch_size=1, **kwargs)
+    c = mine_styles(tail, content, targets, seed=6, **kwargs)
+    _assert_rel(b.mean, a.mean, 1e-5, "same seed, other chunking")
+    assert not torch.allclose(a.mean, c.mean), "another seed draws other noise"
+
+
+def test_head_and_tail_compose_to_the_image_encoder(rn50):
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        full = rn50.visual(images)
+        split = clip_image_tail(rn50.visual)(clip_image_head(rn50.visual)(images))
+    _assert_rel(split, full, 1e-5, "embedding")
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="visual"):
+        clip_image_tail(torch.nn.Linear(2, 2))
+    content, targets = _items(2, size=8)
+    tail = torch.nn.Identity()
+    with pytest.raises(ValueError, match="targets"):
+        mine_styles(tail, content, targets[:1])
+    with pytest.raises(ValueError, match="reference_batch_size"):
+        mine_styles(tail, content, targets, reference_batch_size=0)
+    with pytest.raises(ValueError, match="content"):
+        mine_styles(tail, content[0], targets)
