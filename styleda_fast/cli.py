@@ -16,11 +16,22 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     bench.add_argument("--family", action="append", help="only these operation families (repeatable)")
     sub.add_parser("backends", help="which backends run on this machine")
+    from styleda_fast.mine_command import add_arguments
+
+    add_arguments(sub.add_parser("mine", help="mine styles from a folder of images into a StyleBank"))
     args = parser.parse_args(argv)
     if args.command == "bench":
         from styleda_fast.bench import run
 
         run(args.device, args.out, args.quick, not args.no_compile, args.family)
+    elif args.command == "mine":
+        from styleda_fast.mine_command import MineError, run
+
+        try:
+            return run(args)
+        except MineError as exc:
+            print(f"styleda-fast mine: error: {exc}", file=sys.stderr)
+            return 2
     elif args.command == "backends":
         from styleda_fast import backends
 

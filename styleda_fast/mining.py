@@ -237,3 +237,75 @@ def _mine_chunk(
         optimizer.step()
         item_loss = per_item.detach()
     return MiningResult(style_mean.detach(), style_std.detach(), item_loss)
+
+
+@dataclasses.dataclass
+class PatchSelection:
+    """Patches chosen for FAMix's patch-wise mining: their features and dominant classes.
+
+    ``content (M, C, ph, pw)``, ``class_ids (M,)`` (``ignore_index`` for mostly unlabelled patches, mined toward
+    "photo"), ``image_index (M,)`` and ``patch_index (M,)`` (``p = i * gw + j``), in order of first occurrence.
+    """
+
+    content: Tensor
+    class_ids: Tensor
+    image_index: Tensor
+    patch_index: Tensor
+
+
+def first_patch_per_class(dominant: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """FAMix's choice: for each distinct dominant class, its first patch in patch-major, then image order.
+
+    Args:
+        dominant: ``(B, gh, gw)`` dominant class of each patch (from ``patch_dominant_class``).
+    Returns:
+        ``(class_ids, image_index, patch_index)``, each ``(M,)`` int64, ordered by first occurrence.
+    """
+    if not isinstance(dominant, Tensor) or dominant.dim() != 3 or dominant.is_floating_point():
+        raise ValueError("dominant must be an integer (B, gh, gw) tensor")
+    batch = dominant.shape[0]
+    order = dominant.permute(1, 2, 0).reshape(-1)  # position p * B + b, as FAMix's unfold lists the patches
+    classes, inverse = torch.unique(order, return_inverse=True)
+    positions = torch.arange(order.numel(), device=order.device)
+    first = torch.full((classes.numel(),), order.numel(), device=order.device, dtype=torch.int64)
+    first = first.scatter_reduce(0, inverse, positions, "amin").sort().values
+    return order[first].long(), first % batch, first // batch
+
+
+def select_patches(
+    features: Tensor, labels: Tensor, *, grid: int | tuple[int, int] = 3, num_classes: int = 19,
+    ignore_index: int = 255,
+) -> PatchSelection:  # fmt: skip
+    """The patches FAMix mines in one batch: the first patch of each distinct dominant class (SPEC 5).
+
+    Args:
+        features: ``(B, C, H, W)`` layer1 features of the batch's images.
+        labels: ``(B, Hl, Wl)`` train ids at image resolution (``ignore_index`` votes like a class, as in FAMix).
+        grid: patch grid; all patches of ``features`` must have one size (``H``, ``W`` divisible by the grid).
+    Returns:
+        :class:`PatchSelection`; give ``content`` to :func:`mine_styles` with the text targets of ``class_ids``
+        (``famix_descriptions`` + ``encode_prompts``).
+    """
+    from styleda_fast._checks import normalize_grid
+    from styleda_fast.class_stats import patch_dominant_class
+    from styleda_fast.reference import patch_bounds
+
+    check_features(features, "features")
+    if not isinstance(labels, Tensor) or labels.dim() != 3 or labels.shape[0] != features.shape[0]:
+        raise ValueError(f"labels must be (B, Hl, Wl) with B = {features.shape[0]}")
+    gh, gw = normalize_grid(grid, features.shape[2], features.shape[3])
+    rows, cols = patch_bounds(features.shape[2], gh), patch_bounds(features.shape[3], gw)
+    if len({rows[i + 1] - rows[i] for i in range(gh)}) > 1 or len({cols[j + 1] - cols[j] for j in range(gw)}) > 1:
+        raise ValueError(
+            f"features of size {tuple(features.shape[2:])} do not split into equal patches on a {gh}x{gw} grid; "
+            "use a crop size whose feature map divides by the grid"
+        )
+    dominant = patch_dominant_class(labels, (gh, gw), num_classes=num_classes, ignore_index=ignore_index)
+    class_ids, image_index, patch_index = first_patch_per_class(dominant)
+    content = torch.stack(
+        [
+            features[b, :, rows[p // gw] : rows[p // gw + 1], cols[p % gw] : cols[p % gw + 1]]
+            for b, p in zip(image_index.tolist(), patch_index.tolist())
+        ]
+    )
+    return PatchSelection(content, class_ids, image_index, patch_index)
