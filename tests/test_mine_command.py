@@ -1,0 +1,110 @@
+"""`styleda-fast mine` end to end on a tiny generated data set: global and patch mode, resume, 2-process torchrun."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("open_clip")
+from PIL import Image  # noqa: E402
+from styleda_fast.style_bank import StyleBank  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """5 RGB images of 64x64 and their train-id label maps (blocks of classes, some ignore pixels)."""
+    root = tmp_path_factory.mktemp("data")
+    images, labels = root / "images", root / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+            images / f"city_{i:02d}_leftImg8bit.png"
+        )
+        label = np.full((64, 64), 255, dtype=np.uint8)
+        label[:40, :] = rng.choice([0, 2, 8, 10])
+        label[40:, :30] = rng.choice([1, 11, 13])
+        Image.fromarray(label).save(labels / f"city_{i:02d}_gtFine_labelTrainIds.png")
+    return images, labels
+
+
+def mine(*args, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    common = ["--clip-weights", "none", "--steps", "1", "--batch-size", "2", "--seed", "3", "--templates", "2"]
+    if nproc == 1:
+        command = [sys.executable, "-m", "styleda_fast.cli", "mine", *common, *args]  # later flags win
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                   f"--master_port={port}", "-m", "styleda_fast.cli", "mine", *common, *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_global_mode(dataset, tmp_path):
+    images, _ = dataset
+    out = tmp_path / "bank.safetensors"
+    mine("--images", str(images), "--prompt", "driving at night", "--out", str(out))
+    bank = StyleBank.load(out)
+    assert len(bank) == 5 and bank.channels == 256
+    assert not (tmp_path / "bank.safetensors.parts").exists()
+
+
+def test_patch_mode(dataset, tmp_path):
+    images, labels = dataset
+    out = tmp_path / "bank.safetensors"
+    mine("--images", str(images), "--labels", str(labels), "--class-styles", "--mode", "patch", "--grid", "2",
+         "--out", str(out))  # fmt: skip
+    bank = StyleBank.load(out)
+    assert 3 <= len(bank) <= 5 * 4
+
+
+def test_resume_gives_the_uninterrupted_bank(dataset, tmp_path):
+    images, _ = dataset
+    whole, resumed = tmp_path / "whole.safetensors", tmp_path / "resumed.safetensors"
+    mine("--images", str(images), "--prompt", "snow", "--out", str(whole))
+    mine("--images", str(images), "--prompt", "snow", "--out", str(resumed), "--max-chunks", "1")
+    assert not resumed.exists() and len(list((tmp_path / "resumed.safetensors.parts").glob("chunk-*"))) == 1
+    mine("--images", str(images), "--prompt", "snow", "--out", str(resumed))
+    a, b = StyleBank.load(whole), StyleBank.load(resumed)
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
+
+
+def test_torchrun_two_processes_write_the_single_process_bank(dataset, tmp_path):
+    images, _ = dataset
+    single, sharded = tmp_path / "single.safetensors", tmp_path / "sharded.safetensors"
+    mine("--images", str(images), "--prompt", "fog", "--out", str(single))
+    mine("--images", str(images), "--prompt", "fog", "--out", str(sharded), nproc=2)
+    a, b = StyleBank.load(single), StyleBank.load(sharded)
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
+
+
+def test_clear_errors(dataset, tmp_path):
+    images, labels = dataset
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bad.png").write_bytes(b"not a png at all")
+    done = mine("--images", str(broken), "--prompt", "x", "--out", str(tmp_path / "b.safetensors"), check=False)
+    assert done.returncode == 2 and "bad.png" in done.stderr
+    done = mine("--images", str(images), "--labels", str(tmp_path), "--class-styles", "--mode", "patch",
+                "--out", str(tmp_path / "c.safetensors"), check=False)  # fmt: skip
+    assert done.returncode == 2 and "no label PNG" in done.stderr
+    weights = tmp_path / "weights.pt"
+    torch.save({"not.a.key": torch.zeros(3)}, weights)
+    done = mine("--images", str(images), "--prompt", "x", "--out", str(tmp_path / "d.safetensors"),
+                "--clip-weights", str(weights), check=False)  # fmt: skip
+    assert done.returncode == 2 and "does not fit" in done.stderr
