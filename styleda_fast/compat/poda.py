@@ -1,0 +1,80 @@
+"""PODA's feature statistics, PIN module and transfer branch, with the public signatures.
+
+Replace ``from utils.stats import calc_mean_std`` and PIN_aug.py's ``PIN`` with these, and the transfer branch of
+the segmentation forward (``network/utils.py``) with :func:`transfer`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from styleda_fast.style_mix import local_style_mix, patch_mean_std
+
+
+def calc_mean_std(feat: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """Per-image, per-channel mean and ``sqrt(unbiased var + eps)`` of ``feat (N, C, H, W)``: ``(N, C, 1, 1)`` each."""
+    return patch_mean_std(feat, 1, eps)
+
+
+def _fused_activation(activation) -> tuple[str | None, object]:
+    """(activation the kernel applies, callable applied after it). ReLU in any spelling is fused."""
+    if activation is None:
+        return None, None
+    if activation == "relu" or activation is torch.relu or activation is torch.nn.functional.relu:
+        return "relu", None
+    if isinstance(activation, nn.ReLU):
+        return "relu", None
+    if callable(activation):
+        return None, activation
+    raise ValueError(f"activation must be 'relu', None, nn.ReLU or a callable, got {activation!r}")
+
+
+def apply_activation(y: Tensor, activation) -> Tensor:
+    return y if activation is None else activation(y)
+
+
+class PIN(nn.Module):
+    """Prompt-driven instance normalization (PODA): learnable ``style_mean``/``style_std`` ``(B, C, 1, 1)``,
+    initialized to the content's statistics; ``forward()`` clamps ``style_std >= 0`` in place and returns
+    ``relu(style_std * normalized content + style_mean)``.
+
+    Args:
+        shape: ``[B, C, 1, 1]`` (kept for the public signature; the content gives the shape).
+        content_feat: ``(B, C, H, W)`` features (detached and copied).
+    """
+
+    def __init__(self, shape, content_feat: Tensor):
+        super().__init__()
+        self.shape = shape
+        self.content_feat = content_feat.clone().detach()
+        self.content_mean, self.content_std = calc_mean_std(self.content_feat)
+        self.size = self.content_feat.size()
+        self.style_mean = nn.Parameter(self.content_mean.clone().detach(), requires_grad=True)
+        self.style_std = nn.Parameter(self.content_std.clone().detach(), requires_grad=True)
+
+    def forward(self) -> Tensor:
+        self.style_std.data.clamp_(min=0)
+        return local_style_mix(self.content_feat, self.style_mean, self.style_std, grid=1)
+
+
+def transfer(
+    features: Tensor,
+    mu_t: Tensor,
+    std_t: Tensor,
+    *,
+    mix: bool = False,
+    activation="relu",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """PODA's transfer branch: global AdaIN of ``features (B, C, H, W)`` toward ``mu_t``/``std_t`` ``(B, C, 1, 1)``,
+    then the activation. With ``mix=True``, weights ``s ~ U[0, 1)`` of shape ``(B, C)`` blend each image's own
+    statistics with the target. Like the public code, ``s`` is drawn on the CPU (from ``generator``, or torch's
+    global generator) and moved to the features' device, so a seeded run draws the same ``s``.
+    """
+    fused, after = _fused_activation(activation)
+    s = None
+    if mix:
+        s = torch.rand((features.shape[0], features.shape[1]), generator=generator).to(features.device)
+    y = local_style_mix(features, mu_t, std_t, grid=1, mix=s, activation=fused)
+    return apply_activation(y, after)

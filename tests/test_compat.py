@@ -1,0 +1,112 @@
+"""styleda_fast.compat against plain-PyTorch transcriptions of the public PODA/FAMix behaviour."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from helpers import assert_close
+
+from styleda_fast import reference_public as public
+from styleda_fast.compat import famix, poda
+
+NAMES = famix.CITYSCAPES_NAMES
+
+
+def _features(B=2, C=8, size=12, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(B, C, size, size, generator=gen, dtype=torch.float64) * 2 + 1
+
+
+def _bank(C=8, seed=0, classes=(0, 1, 13)):
+    """A FAMix dict-of-lists bank with a few non-empty classes, the rest empty (they fall back to '255')."""
+    gen = torch.Generator().manual_seed(seed)
+    bank = {f"{n}_{k}": [] for n in NAMES for k in ("mu", "std")}
+    for key in [NAMES[c] for c in classes] + ["255"]:
+        count = int(torch.randint(1, 5, (), generator=gen))
+        bank[key + "_mu"] = [torch.randn(C, 1, 1, generator=gen, dtype=torch.float64) for _ in range(count)]
+        bank[key + "_std"] = [torch.rand(C, 1, 1, generator=gen, dtype=torch.float64) + 0.5 for _ in range(count)]
+    return bank
+
+
+def test_calc_mean_std():
+    x = _features()
+    for ours, ref in zip(poda.calc_mean_std(x), public.calc_mean_std(x)):
+        assert ours.shape == ref.shape == (2, 8, 1, 1)
+        assert_close(ours, ref, 1e-12)
+
+
+def test_pin_forward_and_parameter_gradients():
+    x = _features()
+    pin = poda.PIN([2, 8, 1, 1], x)
+    with torch.no_grad():
+        pin.style_mean.add_(torch.randn_like(pin.style_mean))
+        pin.style_std.mul_(1.5)
+        pin.style_std[0, 0] = -1.0  # clamped to 0 by forward(), as PODA does
+    grad = torch.randn_like(x)
+    pin().backward(grad)
+    assert pin.style_std[0, 0].item() == 0.0
+    mean = pin.style_mean.detach().clone().requires_grad_()
+    std = pin.style_std.detach().clone().requires_grad_()
+    public.pin_forward(x, mean, std).backward(grad)
+    assert_close(pin.style_mean.grad, mean.grad, 1e-10, "d style_mean")
+    assert_close(pin.style_std.grad, std.grad, 1e-10, "d style_std")
+
+
+@pytest.mark.parametrize("mix", [False, True])
+def test_poda_transfer(mix):
+    x = _features()
+    mu_t, std_t = torch.randn(2, 8, 1, 1, dtype=torch.float64), torch.rand(2, 8, 1, 1, dtype=torch.float64) + 0.5
+    gen = torch.Generator().manual_seed(4)
+    ours = poda.transfer(x, mu_t, std_t, mix=mix, generator=gen)
+    s = torch.rand((2, 8), generator=torch.Generator().manual_seed(4)).double() if mix else None
+    assert_close(ours, public.poda_transfer(x, mu_t, std_t, s), 1e-10)
+
+
+def test_ppin_matches_public_patch_loop():
+    x = _features(B=2, size=12)
+    ind = [0, 3, 5, 17]  # patch-major, then image: k = p * B + b
+    ppin = famix.PPIN(x, div=3, ind=ind)
+    assert ppin.style_mean.shape == (4, 8, 1, 1)
+    corners = [(k % 2, (k // 2) // 3 * 4, (k // 2) % 3 * 4) for k in ind]  # (image, top, left)
+    patches = torch.stack([x[b, :, top : top + 4, left : left + 4] for b, top, left in corners])
+    mean, std = public.calc_mean_std(patches)
+    assert_close(ppin.style_mean, mean, 1e-12)
+    with torch.no_grad():
+        ppin.style_std.mul_(0.7)
+    grad = torch.randn(4, 8, 4, 4, dtype=torch.float64)
+    ppin().backward(grad)
+    sm, ss = ppin.style_mean.detach().clone().requires_grad_(), ppin.style_std.detach().clone().requires_grad_()
+    expected = public.pin_forward(patches, sm, ss)
+    expected.backward(grad)
+    assert_close(ppin(), expected, 1e-10)
+    assert_close(ppin.style_mean.grad, sm.grad, 1e-10)
+    assert_close(ppin.style_std.grad, ss.grad, 1e-10)
+
+
+@pytest.mark.parametrize("mixing", [True, False])
+def test_famix_transfer_with_public_structures(mixing):
+    x = _features(B=3, size=12)
+    labels = torch.randint(0, 19, (3, 24, 24), generator=torch.Generator().manual_seed(1))
+    labels[0, :8, :8] = 255  # a mostly unlabelled patch: styled with the '255' styles
+    labels[1, 8:16, :8] = 13
+    most_list = public.dominant_classes_public(labels, 3, NAMES)
+    bank = _bank()
+    s = torch.distributions.Beta(0.1, 0.1).sample((3, 8, 1, 1)).double() if mixing else None
+    random.seed(7)
+    expected = public.famix_transfer(x, most_list, bank, s)
+    random.seed(7)
+    ours = famix.transfer(x, most_list, bank, s)
+    assert_close(ours, expected, 1e-10)
+
+
+def test_famix_transfer_errors():
+    x = _features(B=2, size=12)
+    with pytest.raises(ValueError, match="most_list"):
+        famix.transfer(x, [["road", "road"]] * 8, _bank(), None)
+    with pytest.raises(ValueError, match="div"):
+        famix.transfer(_features(B=2, size=13), [["road", "road"]] * 9, _bank(), None)
+    empty = {k: [] for k in _bank()}
+    with pytest.raises(ValueError, match="255"):
+        famix.transfer(x, [["road", "road"]] * 9, empty, None)
