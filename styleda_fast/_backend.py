@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 
 try:
-    from styleda_fast import _C  # noqa: F401  (loading it defines the operators and registers the CPU kernels)
+    import styleda_fast._C  # noqa: F401  (loading it defines the operators and registers the CPU kernels)
 
     _CPP_PROBLEM: str | None = None
 except ImportError as exc:  # the package was installed without building the extension

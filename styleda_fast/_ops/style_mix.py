@@ -10,6 +10,8 @@ import types
 import torch
 from torch import Tensor
 
+from styleda_fast._backend import _CPP_PROBLEM
+
 _LIB = "styleda_fast"
 
 
@@ -30,7 +32,6 @@ def _patch_stats_like(x: Tensor, grid_h: int, grid_w: int) -> Tensor:
     return x.new_empty((x.shape[0], x.shape[1], grid_h, grid_w), dtype=acc_dtype(x.dtype))
 
 
-@torch.library.register_fake(f"{_LIB}::patch_mean_std")
 def _patch_mean_std_fake(x, grid_h, grid_w, eps):
     _check_features(x)
     torch._check(1 <= grid_h <= x.shape[2] and 1 <= grid_w <= x.shape[3], lambda: "grid must fit in (H, W)")
@@ -38,13 +39,11 @@ def _patch_mean_std_fake(x, grid_h, grid_w, eps):
     return mean, torch.empty_like(mean)
 
 
-@torch.library.register_fake(f"{_LIB}::patch_mean_std_backward")
 def _patch_mean_std_backward_fake(grad_mean, grad_std, x, mean, std):
     _check_features(x)
     return torch.empty_like(x)
 
 
-@torch.library.register_fake(f"{_LIB}::local_style_mix")
 def _local_style_mix_fake(x, target_mean, target_std, mix, grid_h, grid_w, relu, eps):
     _check_features(x)
     torch._check(target_mean.shape == (x.shape[0], x.shape[1], grid_h, grid_w), lambda: "target_mean shape")
@@ -53,13 +52,11 @@ def _local_style_mix_fake(x, target_mean, target_std, mix, grid_h, grid_w, relu,
     return torch.empty_like(x), mean, torch.empty_like(mean)
 
 
-@torch.library.register_fake(f"{_LIB}::local_style_mix_into")
 def _local_style_mix_into_fake(x, target_mean, target_std, mix, grid_h, grid_w, relu, eps, out):
     _check_features(x)
     torch._check(out.shape == x.shape, lambda: "out must have x's shape")
 
 
-@torch.library.register_fake(f"{_LIB}::local_style_mix_backward")
 def _local_style_mix_backward_fake(grad_out, x, mean, std, target_mean, target_std, mix, relu, compute_grad_x):
     _check_features(x)
     grad_x = torch.empty_like(x) if compute_grad_x else x.new_empty(0)
@@ -127,14 +124,6 @@ def _local_style_mix_backward(ctx, grad_out, _grad_mean, _grad_std):
     return *local_style_mix_grad(torch.ops.styleda_fast, ctx, grad_out), None, None, None, None
 
 
-torch.library.register_autograd(
-    f"{_LIB}::patch_mean_std", _patch_mean_std_backward, setup_context=_patch_mean_std_setup
-)
-torch.library.register_autograd(
-    f"{_LIB}::local_style_mix", _local_style_mix_backward, setup_context=_local_style_mix_setup
-)
-
-
 # ---------------------------------------------------------------- Triton kernels for CUDA tensors
 
 
@@ -145,26 +134,39 @@ def triton_kernels() -> types.ModuleType:
     return style_mix
 
 
-_OPERATORS = (
-    "patch_mean_std",
-    "patch_mean_std_backward",
-    "local_style_mix",
-    "local_style_mix_into",
-    "local_style_mix_backward",
-)
-_cuda_library = torch.library.Library(_LIB, "IMPL")
-
-
-def _register_cuda(name: str) -> None:
+def _register_cuda(library: torch.library.Library, name: str) -> None:
     def cuda_kernel(*args):
         return getattr(triton_kernels(), name)(*args)
 
     cuda_kernel.__name__ = f"{name}_cuda"
-    _cuda_library.impl(name, cuda_kernel, "CUDA")
+    library.impl(name, cuda_kernel, "CUDA")
 
 
-for _name in _OPERATORS:
-    _register_cuda(_name)
+def _register() -> torch.library.Library:
+    """Fake kernels, autograd and CUDA kernels of the operators that csrc/registration.cpp defines."""
+    fakes = {
+        "patch_mean_std": _patch_mean_std_fake,
+        "patch_mean_std_backward": _patch_mean_std_backward_fake,
+        "local_style_mix": _local_style_mix_fake,
+        "local_style_mix_into": _local_style_mix_into_fake,
+        "local_style_mix_backward": _local_style_mix_backward_fake,
+    }
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"{_LIB}::{name}", fake)
+    torch.library.register_autograd(
+        f"{_LIB}::patch_mean_std", _patch_mean_std_backward, setup_context=_patch_mean_std_setup
+    )
+    torch.library.register_autograd(
+        f"{_LIB}::local_style_mix", _local_style_mix_backward, setup_context=_local_style_mix_setup
+    )
+    library = torch.library.Library(_LIB, "IMPL")
+    for name in fakes:
+        _register_cuda(library, name)
+    return library
+
+
+# Without the compiled library the operators do not exist; the public API then runs the reference.
+_LIBRARY = _register() if _CPP_PROBLEM is None else None
 
 
 # ---------------------------------------------------------------- Triton on CPU tensors (interpreter)
