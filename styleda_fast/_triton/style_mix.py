@@ -1,0 +1,664 @@
+"""Triton kernels of the style-mix family: per-patch statistics and patch-wise AdaIN with mixing, forward and backward.
+
+Same operators, signatures and numbers as the C++ CPU kernels in ``csrc/style_mix_cpu.cpp`` (see ``SPEC.md`` 1-2
+and ``styleda_fast/reference.py``). These are plain launchers without autograd; the public API validates arguments.
+
+Design:
+
+* One program per (image, patch, block of channels) owns every reduction of that block, so there are no atomics
+  and results are deterministic. It works on 3-D tiles ``[BLOCK_C, BLOCK_H, BLOCK_W]`` addressed with x's strides:
+  NCHW tiles run along the contiguous columns, channels_last tiles along the contiguous channels (a block of
+  channels fills a 128-byte line per pixel).
+* When the whole patch fits one tile (``SINGLE_TILE``), the program reads it once, keeps it in registers for the
+  statistics and writes the output: one read and one write of x. Otherwise it loops over tiles: one pass for the
+  statistics, one for the output (or the gradient).
+* Statistics are never ``E[x^2] - E[x]^2`` (features have large means): each tile's mean and centered sum of
+  squares are combined with Chan's parallel formula, in the accumulation dtype (float64 for float64 x, else float32).
+* A patch of one pixel has variance 0 (``std = sqrt(eps)``), as in the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+# Most elements one program holds in a tile. Read at every launch, so tests can lower it to exercise the tile loops.
+MAX_TILE_ELEMENTS = 4096
+
+# channels_last: channels per program, so that each pixel's block of channels is one 128-byte line.
+_CHANNEL_LINE_BYTES = 128
+
+
+# ============================================ kernels ============================================
+
+
+@triton.jit
+def _program_coordinates(
+    channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C: tl.constexpr, COLUMN_MULTIPLE: tl.constexpr
+):
+    """Which (image, patch, channel block) this program owns, and the patch's first row/column and size.
+
+    COLUMN_MULTIPLE divides every patch's first column and width (a hint that lets NCHW rows load as vectors).
+    """
+    pid = tl.program_id(0)
+    num_patches = grid_h * grid_w
+    channel_block = pid % channel_blocks
+    patch = (pid // channel_blocks) % num_patches
+    image = pid // (channel_blocks * num_patches)
+    i = patch // grid_w
+    j = patch % grid_w
+    row0 = i * height // grid_h
+    col0 = j * width // grid_w
+    rows = (i + 1) * height // grid_h - row0
+    cols = (j + 1) * width // grid_w - col0
+    if COLUMN_MULTIPLE > 1:
+        col0 = tl.multiple_of(col0, COLUMN_MULTIPLE)
+        cols = tl.multiple_of(cols, COLUMN_MULTIPLE)
+    channel = channel_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    channel_mask = channel < channels
+    # Index of (image, channel, i, j) in the contiguous (B, C, gh, gw) per-patch tensors.
+    param_index = (image.to(tl.int64) * channels + channel) * num_patches + patch
+    return image, channel, channel_mask, param_index, row0, col0, rows, cols
+
+
+@triton.jit
+def _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST: tl.constexpr):
+    """Offsets ``[BLOCK_C, 1, 1]`` of the (image, channel) planes, and their mask (unit stride known statically)."""
+    if CHANNELS_LAST:
+        offsets = image.to(tl.int64) * stride_b + channel.to(tl.int64)
+    else:
+        offsets = image.to(tl.int64) * stride_b + channel.to(tl.int64) * stride_c
+    return offsets[:, None, None], channel_mask[:, None, None]
+
+
+@triton.jit
+def _tile_offsets(
+    plane_offsets,
+    plane_mask,
+    row0,
+    col0,
+    rows,
+    cols,
+    tile_row,
+    tile_col,
+    stride_h,
+    stride_w,
+    CHANNELS_LAST: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    """Offsets and mask ``[BLOCK_C, BLOCK_H, BLOCK_W]`` of the tile at (tile_row, tile_col) within the patch."""
+    row = tile_row + tl.arange(0, BLOCK_H)
+    col = tile_col + tl.arange(0, BLOCK_W)
+    row_offsets = (row0 + row).to(tl.int64) * stride_h
+    if CHANNELS_LAST:
+        col_offsets = (col0 + col).to(tl.int64) * stride_w
+    else:
+        col_offsets = (col0 + col).to(tl.int64)
+    offsets = plane_offsets + row_offsets[None, :, None] + col_offsets[None, None, :]
+    mask = plane_mask & (row < rows)[None, :, None] & (col < cols)[None, None, :]
+    return offsets, mask
+
+
+@triton.jit
+def _sum_pixels(values):
+    """``[BLOCK_C, BLOCK_H, BLOCK_W]`` -> ``[BLOCK_C]``."""
+    return tl.sum(tl.sum(values, axis=2), axis=1)
+
+
+@triton.jit
+def _sqrt(value):
+    if value.dtype == tl.float64:
+        return tl.sqrt(value)  # IEEE for float64
+    else:
+        return tl.sqrt_rn(value)  # tl.sqrt is approximate for float32
+
+
+@triton.jit
+def _transfer(mean, std, target_mean_ptr, target_std_ptr, mix_ptr, param_index, channel_mask, HAS_MIX: tl.constexpr):
+    """Per-channel ``(scale, shift, w)`` of ``out = act((x - mean) * scale + shift)``; w is the mix weight (or 0)."""
+    target_mean = tl.load(target_mean_ptr + param_index, mask=channel_mask, other=0.0)
+    target_std = tl.load(target_std_ptr + param_index, mask=channel_mask, other=1.0)
+    if HAS_MIX:
+        w = tl.load(mix_ptr + param_index, mask=channel_mask, other=0.0)
+        target_mean = w * mean + (1.0 - w) * target_mean
+        target_std = w * std + (1.0 - w) * target_std
+    else:
+        w = tl.zeros_like(mean)
+    return target_std / std, target_mean, w
+
+
+@triton.jit
+def _activate(z, RELU: tl.constexpr):
+    if RELU:
+        return tl.where(z < 0, 0.0, z)  # keeps NaN, like torch.relu (tl.maximum would not)
+    else:
+        return z
+
+
+@triton.jit
+def _style_mix_forward_kernel(
+    x_ptr,
+    out_ptr,
+    mean_ptr,
+    std_ptr,
+    target_mean_ptr,
+    target_std_ptr,
+    mix_ptr,
+    channels,
+    height,
+    width,
+    grid_h,
+    grid_w,
+    channel_blocks,
+    stride_b,
+    stride_c,
+    stride_h,
+    stride_w,
+    eps_hi,
+    eps_lo,
+    ACC: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+    HAS_TARGET: tl.constexpr,
+    HAS_MIX: tl.constexpr,
+    RELU: tl.constexpr,
+    SINGLE_TILE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    COLUMN_MULTIPLE: tl.constexpr,
+):
+    """Statistics of one (image, patch, channel block) into mean/std; with HAS_TARGET also the transferred output.
+
+    x, out: (B, C, H, W) with the given strides (out has x's). mean, std, target_mean, target_std, mix:
+    (B, C, gh, gw) contiguous, ACC dtype. eps = eps_hi + eps_lo (a float argument reaches the kernel as float32).
+    """
+    image, channel, channel_mask, param_index, row0, col0, rows, cols = _program_coordinates(
+        channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C, COLUMN_MULTIPLE
+    )
+    plane_offsets, plane_mask = _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST)
+    count = rows * cols
+
+    if SINGLE_TILE:
+        offsets, mask = _tile_offsets(
+            plane_offsets, plane_mask, row0, col0, rows, cols, 0, 0, stride_h, stride_w, CHANNELS_LAST, BLOCK_H, BLOCK_W
+        )
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        mean = _sum_pixels(x) / count.to(ACC)
+        centered = tl.where(mask, x - mean[:, None, None], 0.0)
+        m2 = _sum_pixels(centered * centered)
+    else:
+        # Chan et al.: combine each tile's (count, mean, centered M2) into the running ones.
+        mean = tl.zeros([BLOCK_C], ACC)
+        m2 = tl.zeros([BLOCK_C], ACC)
+        seen = count * 0
+        for tile_row in range(0, rows, BLOCK_H):
+            for tile_col in range(0, cols, BLOCK_W):
+                offsets, mask = _tile_offsets(
+                    plane_offsets,
+                    plane_mask,
+                    row0,
+                    col0,
+                    rows,
+                    cols,
+                    tile_row,
+                    tile_col,
+                    stride_h,
+                    stride_w,
+                    CHANNELS_LAST,
+                    BLOCK_H,
+                    BLOCK_W,
+                )
+                tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+                tile_count = tl.minimum(rows - tile_row, BLOCK_H) * tl.minimum(cols - tile_col, BLOCK_W)
+                tile_mean = _sum_pixels(tile) / tile_count.to(ACC)
+                tile_centered = tl.where(mask, tile - tile_mean[:, None, None], 0.0)
+                tile_m2 = _sum_pixels(tile_centered * tile_centered)
+                total = seen + tile_count
+                delta = tile_mean - mean
+                mean += delta * (tile_count.to(ACC) / total.to(ACC))
+                m2 += tile_m2 + delta * delta * (seen.to(ACC) * tile_count.to(ACC) / total.to(ACC))
+                seen = total
+
+    var = tl.where(count > 1, m2 / tl.maximum(count - 1, 1).to(ACC), 0.0)
+    std = _sqrt(var + (tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)))
+    tl.store(mean_ptr + param_index, mean, mask=channel_mask)
+    tl.store(std_ptr + param_index, std, mask=channel_mask)
+
+    if HAS_TARGET:
+        scale, shift, _ = _transfer(
+            mean, std, target_mean_ptr, target_std_ptr, mix_ptr, param_index, channel_mask, HAS_MIX
+        )
+        mean_3d, scale_3d, shift_3d = mean[:, None, None], scale[:, None, None], shift[:, None, None]
+        if SINGLE_TILE:
+            out = _activate((x - mean_3d) * scale_3d + shift_3d, RELU)
+            tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            for tile_row in range(0, rows, BLOCK_H):
+                for tile_col in range(0, cols, BLOCK_W):
+                    offsets, mask = _tile_offsets(
+                        plane_offsets,
+                        plane_mask,
+                        row0,
+                        col0,
+                        rows,
+                        cols,
+                        tile_row,
+                        tile_col,
+                        stride_h,
+                        stride_w,
+                        CHANNELS_LAST,
+                        BLOCK_H,
+                        BLOCK_W,
+                    )
+                    tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+                    out = _activate((tile - mean_3d) * scale_3d + shift_3d, RELU)
+                    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _masked_grad(
+    grad_out_ptr, x_ptr, offsets, mask, mean_3d, scale_3d, shift_3d, ACC: tl.constexpr, RELU: tl.constexpr
+):
+    """``(x - mean, g)`` of a tile; g is grad_out where the forward's pre-activation was > 0 (or without ReLU)."""
+    centered = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC) - mean_3d
+    grad = tl.load(grad_out_ptr + offsets, mask=mask, other=0.0).to(ACC)
+    if RELU:
+        grad = tl.where(centered * scale_3d + shift_3d > 0, grad, 0.0)
+    return centered, grad
+
+
+@triton.jit
+def _style_mix_backward_kernel(
+    grad_out_ptr,
+    x_ptr,
+    grad_x_ptr,
+    mean_ptr,
+    std_ptr,
+    target_mean_ptr,
+    target_std_ptr,
+    mix_ptr,
+    grad_mean_ptr,
+    grad_std_ptr,
+    channels,
+    height,
+    width,
+    grid_h,
+    grid_w,
+    channel_blocks,
+    stride_b,
+    stride_c,
+    stride_h,
+    stride_w,
+    ACC: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+    HAS_GRAD_OUT: tl.constexpr,
+    HAS_MIX: tl.constexpr,
+    RELU: tl.constexpr,
+    COMPUTE_GRAD_X: tl.constexpr,
+    SINGLE_TILE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    COLUMN_MULTIPLE: tl.constexpr,
+):
+    """Backward of one (image, patch, channel block); dx = a*g + b + c*(x - mean) with per-channel a, b, c.
+
+    HAS_GRAD_OUT (local_style_mix backward): writes the per-patch sums S1 = sum(g), S2 = sum(g*xn) to
+    grad_mean/grad_std (the gradients of the mixed mean/std). Otherwise (patch_mean_std backward): reads the
+    incoming gradients of mean/std from grad_mean/grad_std. grad_out, x, grad_x share the given strides.
+    """
+    image, channel, channel_mask, param_index, row0, col0, rows, cols = _program_coordinates(
+        channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C, COLUMN_MULTIPLE
+    )
+    plane_offsets, plane_mask = _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST)
+    count = rows * cols
+    mean = tl.load(mean_ptr + param_index, mask=channel_mask, other=0.0)
+    std = tl.load(std_ptr + param_index, mask=channel_mask, other=1.0)
+    mean_3d = mean[:, None, None]
+    if SINGLE_TILE:
+        offsets, mask = _tile_offsets(
+            plane_offsets, plane_mask, row0, col0, rows, cols, 0, 0, stride_h, stride_w, CHANNELS_LAST, BLOCK_H, BLOCK_W
+        )
+
+    if HAS_GRAD_OUT:
+        scale, shift, w = _transfer(
+            mean, std, target_mean_ptr, target_std_ptr, mix_ptr, param_index, channel_mask, HAS_MIX
+        )
+        scale_3d, shift_3d = scale[:, None, None], shift[:, None, None]
+        if SINGLE_TILE:
+            centered, grad = _masked_grad(grad_out_ptr, x_ptr, offsets, mask, mean_3d, scale_3d, shift_3d, ACC, RELU)
+            sum_grad = _sum_pixels(grad)
+            sum_grad_centered = _sum_pixels(grad * centered)
+        else:
+            sum_grad = tl.zeros([BLOCK_C], ACC)
+            sum_grad_centered = tl.zeros([BLOCK_C], ACC)
+            for tile_row in range(0, rows, BLOCK_H):
+                for tile_col in range(0, cols, BLOCK_W):
+                    offsets, mask = _tile_offsets(
+                        plane_offsets,
+                        plane_mask,
+                        row0,
+                        col0,
+                        rows,
+                        cols,
+                        tile_row,
+                        tile_col,
+                        stride_h,
+                        stride_w,
+                        CHANNELS_LAST,
+                        BLOCK_H,
+                        BLOCK_W,
+                    )
+                    centered, grad = _masked_grad(
+                        grad_out_ptr, x_ptr, offsets, mask, mean_3d, scale_3d, shift_3d, ACC, RELU
+                    )
+                    sum_grad += _sum_pixels(grad)
+                    sum_grad_centered += _sum_pixels(grad * centered)
+        sum_grad_normalized = sum_grad_centered / std
+        tl.store(grad_mean_ptr + param_index, sum_grad, mask=channel_mask)
+        tl.store(grad_std_ptr + param_index, sum_grad_normalized, mask=channel_mask)
+        # The share w of the gradient of the mixed statistics reaches the patch's own mean and std.
+        coef_g = scale
+        grad_of_mean = w * sum_grad - scale * sum_grad
+        grad_of_std = w * sum_grad_normalized - scale * sum_grad_normalized
+    else:
+        coef_g = tl.zeros_like(mean)
+        grad_of_mean = tl.load(grad_mean_ptr + param_index, mask=channel_mask, other=0.0)
+        grad_of_std = tl.load(grad_std_ptr + param_index, mask=channel_mask, other=0.0)
+
+    if COMPUTE_GRAD_X:
+        # d mean/dx = 1/n, d std/dx = xn/(n-1); a 1-pixel patch has variance 0, so no std term.
+        coef_const = grad_of_mean / count.to(ACC)
+        coef_centered = tl.where(count > 1, grad_of_std / tl.maximum(count - 1, 1).to(ACC), 0.0) / std
+        coef_g_3d, coef_const_3d, coef_centered_3d = (
+            coef_g[:, None, None],
+            coef_const[:, None, None],
+            coef_centered[:, None, None],
+        )
+        if SINGLE_TILE:
+            if not HAS_GRAD_OUT:
+                centered = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC) - mean_3d
+                grad_x = coef_const_3d + coef_centered_3d * centered
+            else:
+                grad_x = coef_g_3d * grad + coef_const_3d + coef_centered_3d * centered
+            tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        else:
+            for tile_row in range(0, rows, BLOCK_H):
+                for tile_col in range(0, cols, BLOCK_W):
+                    offsets, mask = _tile_offsets(
+                        plane_offsets,
+                        plane_mask,
+                        row0,
+                        col0,
+                        rows,
+                        cols,
+                        tile_row,
+                        tile_col,
+                        stride_h,
+                        stride_w,
+                        CHANNELS_LAST,
+                        BLOCK_H,
+                        BLOCK_W,
+                    )
+                    if HAS_GRAD_OUT:
+                        centered, grad = _masked_grad(
+                            grad_out_ptr, x_ptr, offsets, mask, mean_3d, scale_3d, shift_3d, ACC, RELU
+                        )
+                        grad_x = coef_g_3d * grad + coef_const_3d + coef_centered_3d * centered
+                    else:
+                        centered = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC) - mean_3d
+                        grad_x = coef_const_3d + coef_centered_3d * centered
+                    tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+
+
+# ============================================ launchers ============================================
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _triton_acc_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Whether x is laid out channels_last (NCHW-contiguous wins when x is both, e.g. C == 1)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _supported_layout(x: torch.Tensor) -> torch.Tensor:
+    """x itself when NCHW- or channels_last-contiguous, else an NCHW-contiguous copy (as the C++ kernels do)."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def _like_layout(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """t with x's strides (t has x's shape)."""
+    if t.stride() == x.stride():
+        return t
+    return t.contiguous(memory_format=torch.channels_last) if _is_channels_last(x) else t.contiguous()
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _prev_pow2(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+class _TileConfig:
+    """Tile shape of one program and how many programs cover x (read MAX_TILE_ELEMENTS at every launch)."""
+
+    def __init__(self, x: torch.Tensor, grid_h: int, grid_w: int):
+        batch, channels, height, width = x.shape
+        max_tile = _prev_pow2(MAX_TILE_ELEMENTS)
+        self.channels_last = _is_channels_last(x)
+        patch_rows, patch_cols = -(-height // grid_h), -(-width // grid_w)  # the largest patch
+        if self.channels_last:
+            line = max(1, _CHANNEL_LINE_BYTES // x.element_size())
+            self.block_c = min(_next_pow2(channels), line, max_tile)
+        else:
+            self.block_c = 1
+        pixels = max(1, max_tile // self.block_c)
+        self.block_w = min(_next_pow2(patch_cols), pixels)
+        self.block_h = min(_next_pow2(patch_rows), max(1, pixels // self.block_w))
+        self.single_tile = self.block_h >= patch_rows and self.block_w >= patch_cols
+        if not self.channels_last and self.single_tile:
+            # Small NCHW patches: several channel planes per program, so that programs stay large.
+            self.block_c = min(_next_pow2(channels), max(1, max_tile // (self.block_h * self.block_w)))
+        # Power of two (<= 16) dividing every patch's first column and width; 1 where columns are not contiguous.
+        column_starts = math.gcd(*((j * width) // grid_w for j in range(grid_w + 1)))
+        self.column_multiple = 1 if self.channels_last else math.gcd(column_starts, 16)
+        self.channel_blocks = triton.cdiv(channels, self.block_c)
+        self.programs = batch * grid_h * grid_w * self.channel_blocks
+        elements = self.block_c * self.block_h * self.block_w
+        self.num_warps = min(8, max(1, elements // 512))
+
+    def constexprs(self) -> dict:
+        return {
+            "CHANNELS_LAST": self.channels_last,
+            "SINGLE_TILE": self.single_tile,
+            "BLOCK_C": self.block_c,
+            "BLOCK_H": self.block_h,
+            "BLOCK_W": self.block_w,
+            "COLUMN_MULTIPLE": self.column_multiple,
+            "num_warps": self.num_warps,
+        }
+
+
+def _device_guard(x: torch.Tensor):
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def _split_float(value: float) -> tuple[float, float]:
+    """(hi, lo) with hi a float32 and hi + lo == value to ~48 bits: floats reach kernels as float32."""
+    hi = struct.unpack("f", struct.pack("f", value))[0]
+    return hi, value - hi
+
+
+def _new_patch_params(x: torch.Tensor, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (x.shape[0], x.shape[1], grid_h, grid_w)
+    dtype = _acc_dtype(x.dtype)
+    return torch.empty(shape, dtype=dtype, device=x.device), torch.empty(shape, dtype=dtype, device=x.device)
+
+
+def _launch_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps) -> None:
+    """Statistics into mean/std and, when target_mean is given, the transferred output into out."""
+    assert x.dim() == 4 and 1 <= grid_h <= x.shape[2] and 1 <= grid_w <= x.shape[3]
+    config = _TileConfig(x, grid_h, grid_w)
+    has_target = target_mean is not None
+    eps_hi, eps_lo = _split_float(float(eps))
+    with _device_guard(x):
+        _style_mix_forward_kernel[(config.programs,)](
+            x,
+            out if has_target else x,
+            mean,
+            std,
+            target_mean if has_target else mean,
+            target_std if has_target else std,
+            mix if mix is not None else mean,
+            x.shape[1],
+            x.shape[2],
+            x.shape[3],
+            grid_h,
+            grid_w,
+            config.channel_blocks,
+            *x.stride(),
+            eps_hi,
+            eps_lo,
+            ACC=_triton_acc_dtype(x.dtype),
+            HAS_TARGET=has_target,
+            HAS_MIX=mix is not None,
+            RELU=bool(relu),
+            **config.constexprs(),
+        )
+
+
+def _launch_backward(grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mean, grad_std, relu) -> None:
+    """See _style_mix_backward_kernel; grad_out None selects the patch_mean_std backward, grad_x None skips dx."""
+    config = _TileConfig(x, mean.shape[2], mean.shape[3])
+    has_grad_out = grad_out is not None
+    with _device_guard(x):
+        _style_mix_backward_kernel[(config.programs,)](
+            grad_out if has_grad_out else x,
+            x,
+            grad_x if grad_x is not None else x,
+            mean,
+            std,
+            target_mean if target_mean is not None else mean,
+            target_std if target_std is not None else std,
+            mix if mix is not None else mean,
+            grad_mean,
+            grad_std,
+            x.shape[1],
+            x.shape[2],
+            x.shape[3],
+            mean.shape[2],
+            mean.shape[3],
+            config.channel_blocks,
+            *x.stride(),
+            ACC=_triton_acc_dtype(x.dtype),
+            HAS_GRAD_OUT=has_grad_out,
+            HAS_MIX=mix is not None,
+            RELU=bool(relu),
+            COMPUTE_GRAD_X=grad_x is not None,
+            **config.constexprs(),
+        )
+
+
+def patch_mean_std(x: torch.Tensor, grid_h: int, grid_w: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch mean and std of x ``(B, C, H, W)``: each ``(B, C, grid_h, grid_w)`` in the accumulation dtype."""
+    x = _supported_layout(x)
+    mean, std = _new_patch_params(x, grid_h, grid_w)
+    _launch_forward(x, None, mean, std, None, None, None, grid_h, grid_w, False, eps)
+    return mean, std
+
+
+def patch_mean_std_backward(
+    grad_mean: torch.Tensor, grad_std: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """grad_x ``(B, C, H, W)``, x's strides: ``grad_mean/n + grad_std * xn/(n-1)`` per patch (no std term if n == 1).
+
+    grad_mean, grad_std, mean, std: ``(B, C, gh, gw)`` contiguous, accumulation dtype.
+    """
+    x = _supported_layout(x)
+    grad_x = torch.empty_like(x)
+    _launch_backward(None, x, grad_x, mean, std, None, None, None, grad_mean, grad_std, False)
+    return grad_x
+
+
+def local_style_mix(
+    x: torch.Tensor,
+    target_mean: torch.Tensor,
+    target_std: torch.Tensor,
+    mix: torch.Tensor | None,
+    grid_h: int,
+    grid_w: int,
+    relu: bool,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Patch-wise AdaIN with optional mixing: ``(out, mean, std)``.
+
+    out ``(B, C, H, W)`` (x's strides) ``= act((x - mean) * ms/std + mm)``; mm, ms are the target statistics, or with
+    mix w: ``w*mean + (1-w)*target_mean``, ``w*std + (1-w)*target_std``. target_mean, target_std, mix and the returned
+    patch statistics mean, std are ``(B, C, grid_h, grid_w)`` contiguous in the accumulation dtype.
+    """
+    x = _supported_layout(x)
+    out = torch.empty_like(x)
+    mean, std = _new_patch_params(x, grid_h, grid_w)
+    _launch_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps)
+    return out, mean, std
+
+
+def local_style_mix_into(
+    x: torch.Tensor,
+    target_mean: torch.Tensor,
+    target_std: torch.Tensor,
+    mix: torch.Tensor | None,
+    grid_h: int,
+    grid_w: int,
+    relu: bool,
+    eps: float,
+    out: torch.Tensor,
+) -> None:
+    """local_style_mix writing into out (x's shape, strides and dtype); out may be x itself (in place)."""
+    assert x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+    assert out.shape == x.shape and out.stride() == x.stride() and out.dtype == x.dtype
+    mean, std = _new_patch_params(x, grid_h, grid_w)
+    _launch_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps)
+
+
+def local_style_mix_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    target_mean: torch.Tensor,
+    target_std: torch.Tensor,
+    mix: torch.Tensor | None,
+    relu: bool,
+    compute_grad_x: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient of local_style_mix: ``(grad_x, grad_mixed_mean, grad_mixed_std)``.
+
+    grad_mixed_mean = sum(g), grad_mixed_std = sum(g * xn) per patch, ``(B, C, gh, gw)`` in the accumulation dtype,
+    where g is grad_out masked by the ReLU. grad_x ``(B, C, H, W)`` has x's strides, or is ``x.new_empty(0)`` when
+    compute_grad_x is False.
+    """
+    x = _supported_layout(x)
+    grad_out = _like_layout(grad_out, x)
+    grad_x = torch.empty_like(x) if compute_grad_x else None
+    grad_mixed_mean, grad_mixed_std = torch.empty_like(mean), torch.empty_like(mean)
+    _launch_backward(
+        grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mixed_mean, grad_mixed_std, relu
+    )
+    return (grad_x if compute_grad_x else x.new_empty(0)), grad_mixed_mean, grad_mixed_std
