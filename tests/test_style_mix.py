@@ -212,7 +212,7 @@ def test_gradients_match_float64_reference(backend, mixing, channels_last):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_patch_mean_std_gradients(backend):
     device = backend_device(backend)
-    for shape, grid in CASES:
+    for shape, grid in (((1, 2, 5, 4), (2, 2)), ((1, 1, 3, 3), (3, 3)), ((1, 2, 4, 5), (1, 1))):
         x = _features(shape, torch.float64, device).requires_grad_()
         with use_backend(backend):
             assert torch.autograd.gradcheck(lambda t, g=grid: patch_mean_std(t, g), (x,))
@@ -221,7 +221,7 @@ def test_patch_mean_std_gradients(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck(backend):
     device = backend_device(backend)
-    shape, grid = (2, 3, 7, 5), (2, 2)
+    shape, grid = (1, 2, 5, 3), (2, 2)  # gradcheck runs the op once per input element: keep it small
     x, sm, ss, mix = _grad_inputs(shape, grid, torch.float64, device, True)
     with use_backend(backend):
         assert torch.autograd.gradcheck(
