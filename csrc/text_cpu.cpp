@@ -1,0 +1,453 @@
+// Text-side operators (SPEC sections 4 and 5): noisy projection of CLIP text targets, the fused CLIP cosine loss
+// of style mining, and the noisy synthesized features of style mining. Schemas are declared here, once, in this
+// family's TORCH_LIBRARY_FRAGMENT; the CPU kernels follow. Fake kernels, autograd and the CUDA (Triton) kernels are
+// registered from styleda_fast/_ops/text.py.
+//
+// Noise: counter-based Philox4x32-10 (the generator of tl.philox / tl.randn), keyed by the 64-bit seed, with a
+// counter that names the element being drawn, so a value never depends on thread count or scheduling. Each counter
+// gives four uniforms and, by Box-Muller on pairs, four normals, with the same integer-to-float and Box-Muller steps
+// as triton.language.random. The layouts (which counter and which of its four outputs serves which element) are the
+// same as in styleda_fast/_triton/text.py:
+//  * text noise eps[k, s, d]: Q = ceil(D/4), d = q*Q + j: output q of counter (j, offset + s, k, kTextTag);
+//  * feature noise eps[e] (e: flat element index): chunks of 4*L elements, e = chunk*4L + q*L + j: output q of
+//    counter (g_lo, g_hi, offset, kFeatureTag) with g = chunk*L + j (64-bit).
+// Float32 transcendental functions round differently on CPU and GPU, so the two agree only up to rounding; the
+// package documents them as different (equally distributed) draws.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
+  m.set_python_module("styleda_fast._ops.text");  // where the fake kernels live
+  // text (K, D) -> out (K, samples, D): normalize(normalize(text[k]) + sigma * eps[k, s]); norm (K, samples) is
+  // |normalize(text[k]) + sigma * eps[k, s]| in the accumulation dtype (the backward needs it). The noise of sample s
+  // is stream offset + s, so samples drawn in pieces with matching offsets equal one draw.
+  m.def("noisy_text_projection(Tensor text, float sigma, int samples, int seed, int offset) -> (Tensor out, Tensor norm)");
+  m.def("noisy_text_projection_backward(Tensor grad_out, Tensor text, Tensor out, Tensor norm) -> Tensor grad_text");
+  // mean over rows of 1 - cos(image[b], text[b]); image and text (B, D). A 0-dim tensor in the accumulation dtype.
+  m.def("clip_cosine_loss(Tensor image, Tensor text) -> Tensor loss");
+  m.def(
+      "clip_cosine_loss_backward(Tensor grad_loss, Tensor image, Tensor text, bool compute_grad_text)"
+      " -> (Tensor grad_image, Tensor grad_text)");
+  // relu(std * xn + mean) + feature_noise * eps; xn (B, C, ...) contiguous, mean/std (B, C) in the accumulation dtype.
+  m.def(
+      "noisy_style_features(Tensor xn, Tensor mean, Tensor std, float feature_noise, int seed, int offset)"
+      " -> Tensor");
+  // The backward needs no noise (it is added after the ReLU): grad_xn (empty unless compute_grad_xn), and the
+  // per-(b, c) sums grad_mean, grad_std (B, C).
+  m.def(
+      "noisy_style_features_backward(Tensor grad_out, Tensor xn, Tensor mean, Tensor std, bool compute_grad_xn)"
+      " -> (Tensor grad_xn, Tensor grad_mean, Tensor grad_std)");
+}
+
+namespace styleda_fast {
+namespace {
+
+// ======================================= Philox4x32-10 and normals =======================================
+
+constexpr uint32_t kRoundA = 0xD2511F53u, kRoundB = 0xCD9E8D57u;  // multipliers
+constexpr uint32_t kKeyA = 0x9E3779B9u, kKeyB = 0xBB67AE85u;      // Weyl key increments
+constexpr uint32_t kTextTag = 0x54455854u;                        // "TEXT": keeps text and feature streams apart
+constexpr uint32_t kFeatureTag = 0x46454154u;                     // "FEAT"
+constexpr int64_t kFeatureGroups = 256;                           // L: counters per chunk of 4*L feature elements
+
+inline uint32_t mulhi(uint32_t a, uint32_t b) { return static_cast<uint32_t>((uint64_t(a) * uint64_t(b)) >> 32); }
+
+// Four normals from counter (c0, c1, c2, c3) and key seed, as tl.randn4x would draw them.
+inline void philox_normal4(uint64_t seed, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, float n[4]) {
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t a = c0, b = c2;
+    c0 = mulhi(kRoundB, b) ^ c1 ^ k0;
+    c2 = mulhi(kRoundA, a) ^ c3 ^ k1;
+    c1 = kRoundB * b;
+    c3 = kRoundA * a;
+    k0 += kKeyA;
+    k1 += kKeyB;
+  }
+  const uint32_t bits[4] = {c0, c1, c2, c3};
+  float u[4];
+  for (int i = 0; i < 4; ++i) {  // uint32 -> [0, 1): as a signed int, folded to >= 0, times (2^23-1)/2^23 * 2^-31
+    int32_t v;
+    std::memcpy(&v, &bits[i], sizeof(v));
+    if (v < 0) v = ~v;
+    u[i] = static_cast<float>(v) * 4.6566127342e-10f;
+  }
+  for (int i = 0; i < 4; i += 2) {  // Box-Muller on (u[i], u[i+1])
+    const float u1 = std::max(1.0e-7f, u[i]);
+    const float th = 6.283185307179586f * u[i + 1];
+    const float r = std::sqrt(-2.0f * std::log(u1));
+    n[i] = r * std::cos(th);
+    n[i + 1] = r * std::sin(th);
+  }
+}
+
+// noise[q*Q + j] = output q of counter (j, stream, row, kTextTag), for j < Q: coordinates 0..4Q-1 of one sample.
+void text_noise(uint64_t seed, uint32_t stream, uint32_t row, int64_t Q, float* noise) {
+  float n[4];
+  for (int64_t j = 0; j < Q; ++j) {
+    philox_normal4(seed, static_cast<uint32_t>(j), stream, row, kTextTag, n);
+    for (int q = 0; q < 4; ++q) noise[q * Q + j] = n[q];
+  }
+}
+
+// noise[q*L + j] = output q of counter (g_lo, g_hi, offset, kFeatureTag), g = chunk*L + j: one chunk of 4L elements.
+void feature_noise(uint64_t seed, uint32_t offset, int64_t chunk, float* noise) {
+  float n[4];
+  for (int64_t j = 0; j < kFeatureGroups; ++j) {
+    const uint64_t g = static_cast<uint64_t>(chunk * kFeatureGroups + j);
+    philox_normal4(seed, static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), offset, kFeatureTag, n);
+    for (int q = 0; q < 4; ++q) noise[q * kFeatureGroups + j] = n[q];
+  }
+}
+
+template <typename T>
+using acc_t = at::opmath_type<T>;
+
+constexpr double kNormalizeEps = 1e-12;  // F.normalize's: x / max(|x|, eps)
+constexpr double kCosineEps = 1e-8;      // F.cosine_similarity's: each norm clamped to >= eps
+
+at::ScalarType acc_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_cpu_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "styleda_fast: ", name, " must be a CPU tensor for the CPU kernel");
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "styleda_fast: ", name, " must be floating point, got ",
+              t.scalar_type());
+}
+
+void check_rows(const at::Tensor& t, const char* name) {
+  check_cpu_float(t, name);
+  TORCH_CHECK(t.dim() == 2, "styleda_fast: ", name, " must be 2-D (rows, D), got ", t.dim(), " dims");
+}
+
+// Rows per parallel task: about 16K elements of work each.
+int64_t grain_rows(int64_t work_per_row) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_row)); }
+
+// ======================================= noisy text projection =======================================
+
+std::tuple<at::Tensor, at::Tensor> noisy_text_projection_cpu(const at::Tensor& text_in, double sigma, int64_t samples,
+                                                             int64_t seed, int64_t offset) {
+  check_rows(text_in, "text");
+  TORCH_CHECK(samples >= 1, "styleda_fast: samples must be >= 1, got ", samples);
+  TORCH_CHECK(offset >= 0 && offset + samples <= (int64_t(1) << 32),
+              "styleda_fast: offset + samples must be in [0, 2^32], got offset ", offset);
+  TORCH_CHECK(text_in.size(0) < (int64_t(1) << 32), "styleda_fast: at most 2^32 text rows");
+  const at::Tensor text = text_in.contiguous();
+  const int64_t K = text.size(0), D = text.size(1), S = samples, Q = (D + 3) / 4;
+  at::Tensor out = at::empty({K, S, D}, text.options());
+  at::Tensor norm = at::empty({K, S}, text.options().dtype(acc_dtype(text)));
+  if (out.numel() == 0) return {out, norm.zero_()};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, text.scalar_type(), "noisy_text_projection_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* t_data = text.const_data_ptr<scalar_t>();
+    scalar_t* o_data = out.data_ptr<scalar_t>();
+    A* n_data = norm.data_ptr<A>();
+    at::parallel_for(0, K, grain_rows(S * D), [&](int64_t begin, int64_t end) {
+      std::vector<double> u(D), v(D);
+      std::vector<float> noise(4 * Q);
+      for (int64_t k = begin; k < end; ++k) {
+        const scalar_t* t = t_data + k * D;
+        double tt = 0;
+        for (int64_t d = 0; d < D; ++d) tt += double(t[d]) * double(t[d]);
+        const double inv_t = 1.0 / std::max(std::sqrt(tt), kNormalizeEps);
+        for (int64_t d = 0; d < D; ++d) u[d] = double(t[d]) * inv_t;
+        for (int64_t s = 0; s < S; ++s) {
+          text_noise(uint64_t(seed), static_cast<uint32_t>(offset + s), static_cast<uint32_t>(k), Q, noise.data());
+          double vv = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            v[d] = u[d] + sigma * double(noise[d]);
+            vv += v[d] * v[d];
+          }
+          const double vn = std::sqrt(vv), inv_v = 1.0 / std::max(vn, kNormalizeEps);
+          n_data[k * S + s] = static_cast<A>(vn);
+          scalar_t* o = o_data + (k * S + s) * D;
+          for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(v[d] * inv_v);
+        }
+      }
+    });
+  });
+  return {out, norm};
+}
+
+// out_s = v_s / |v_s|, v_s = u + sigma*eps_s, u = t / |t|:
+//   grad_v_s = (g_s - out_s (g_s . out_s)) / |v_s|,  grad_u = sum_s grad_v_s,  grad_t = (grad_u - u (grad_u . u)) / |t|
+// (with F.normalize's clamp: a norm below 1e-12 divides by 1e-12 and has no projection term). No noise is needed.
+at::Tensor noisy_text_projection_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& text_in,
+                                              const at::Tensor& out_in, const at::Tensor& norm_in) {
+  check_rows(text_in, "text");
+  const at::Tensor text = text_in.contiguous();
+  const int64_t K = text.size(0), D = text.size(1);
+  TORCH_CHECK(out_in.dim() == 3 && out_in.size(0) == K && out_in.size(2) == D,
+              "styleda_fast: out must be (K, samples, D)");
+  const int64_t S = out_in.size(1);
+  TORCH_CHECK(grad_out_in.sizes() == out_in.sizes(), "styleda_fast: grad_out must have out's shape");
+  TORCH_CHECK(norm_in.dim() == 2 && norm_in.size(0) == K && norm_in.size(1) == S,
+              "styleda_fast: norm must be (K, samples)");
+  TORCH_CHECK(grad_out_in.scalar_type() == text.scalar_type() && out_in.scalar_type() == text.scalar_type() &&
+                  norm_in.scalar_type() == acc_dtype(text),
+              "styleda_fast: grad_out and out must have text's dtype, norm its accumulation dtype");
+  const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), norm = norm_in.contiguous();
+  at::Tensor grad_text = at::empty_like(text);
+  if (grad_text.numel() == 0) return grad_text;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, text.scalar_type(), "noisy_text_projection_backward", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* t_data = text.const_data_ptr<scalar_t>();
+    const scalar_t* g_data = grad_out.const_data_ptr<scalar_t>();
+    const scalar_t* o_data = out.const_data_ptr<scalar_t>();
+    const A* n_data = norm.const_data_ptr<A>();
+    scalar_t* gt_data = grad_text.data_ptr<scalar_t>();
+    at::parallel_for(0, K, grain_rows(S * D), [&](int64_t begin, int64_t end) {
+      std::vector<double> gu(D);
+      for (int64_t k = begin; k < end; ++k) {
+        std::fill(gu.begin(), gu.end(), 0.0);
+        for (int64_t s = 0; s < S; ++s) {
+          const scalar_t* g = g_data + (k * S + s) * D;
+          const scalar_t* o = o_data + (k * S + s) * D;
+          const double vn = double(n_data[k * S + s]);
+          if (vn > kNormalizeEps) {
+            double go = 0;
+            for (int64_t d = 0; d < D; ++d) go += double(g[d]) * double(o[d]);
+            for (int64_t d = 0; d < D; ++d) gu[d] += (double(g[d]) - double(o[d]) * go) / vn;
+          } else {
+            for (int64_t d = 0; d < D; ++d) gu[d] += double(g[d]) / kNormalizeEps;
+          }
+        }
+        const scalar_t* t = t_data + k * D;
+        scalar_t* gt = gt_data + k * D;
+        double tt = 0;
+        for (int64_t d = 0; d < D; ++d) tt += double(t[d]) * double(t[d]);
+        const double tn = std::sqrt(tt);
+        if (tn > kNormalizeEps) {
+          double gut = 0;  // grad_u . t; (grad_u . u) u / |t| = (grad_u . t) t / |t|^3
+          for (int64_t d = 0; d < D; ++d) gut += gu[d] * double(t[d]);
+          for (int64_t d = 0; d < D; ++d) gt[d] = static_cast<scalar_t>((gu[d] - double(t[d]) * gut / tt) / tn);
+        } else {
+          for (int64_t d = 0; d < D; ++d) gt[d] = static_cast<scalar_t>(gu[d] / kNormalizeEps);
+        }
+      }
+    });
+  });
+  return grad_text;
+}
+
+// ======================================= CLIP cosine loss =======================================
+
+struct RowDots {
+  double zt, zz, tt;
+};
+
+template <typename T>
+RowDots row_dots(const T* z, const T* t, int64_t D) {
+  double zt = 0, zz = 0, tt = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    const double a = double(z[d]), b = double(t[d]);
+    zt += a * b;
+    zz += a * a;
+    tt += b * b;
+  }
+  return {zt, zz, tt};
+}
+
+void check_pair(const at::Tensor& image, const at::Tensor& text) {
+  check_rows(image, "image");
+  check_rows(text, "text");
+  TORCH_CHECK(image.sizes() == text.sizes() && image.scalar_type() == text.scalar_type(),
+              "styleda_fast: image and text must have the same shape and dtype, got ", image.sizes(), " ",
+              image.scalar_type(), " and ", text.sizes(), " ", text.scalar_type());
+}
+
+at::Tensor clip_cosine_loss_cpu(const at::Tensor& image_in, const at::Tensor& text_in) {
+  check_pair(image_in, text_in);
+  const at::Tensor image = image_in.contiguous(), text = text_in.contiguous();
+  const int64_t B = image.size(0), D = image.size(1);
+  TORCH_CHECK(B >= 1, "styleda_fast: clip_cosine_loss needs at least one row");
+  std::vector<double> cos(B);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "clip_cosine_loss_cpu", [&] {
+    const scalar_t* z = image.const_data_ptr<scalar_t>();
+    const scalar_t* t = text.const_data_ptr<scalar_t>();
+    at::parallel_for(0, B, grain_rows(D), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const RowDots r = row_dots(z + b * D, t + b * D, D);
+        cos[b] = r.zt / (std::max(std::sqrt(r.zz), kCosineEps) * std::max(std::sqrt(r.tt), kCosineEps));
+      }
+    });
+  });
+  double sum = 0;  // fixed order: deterministic
+  for (int64_t b = 0; b < B; ++b) sum += 1.0 - cos[b];
+  return at::full({}, sum / double(B), image.options().dtype(acc_dtype(image)));
+}
+
+// cos = z.t / (nz nt) with nz = max(|z|, 1e-8), nt likewise; loss = mean(1 - cos). With coef = -grad_loss / B:
+//   grad_z = coef (t / (nz nt) - cos z / nz^2),  grad_t = coef (z / (nz nt) - cos t / nt^2)
+// (the second term vanishes where the norm is clamped).
+std::tuple<at::Tensor, at::Tensor> clip_cosine_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& image_in,
+                                                                 const at::Tensor& text_in, bool compute_grad_text) {
+  check_pair(image_in, text_in);
+  TORCH_CHECK(grad_loss.numel() == 1, "styleda_fast: grad_loss must have one element");
+  const at::Tensor image = image_in.contiguous(), text = text_in.contiguous();
+  const int64_t B = image.size(0), D = image.size(1);
+  at::Tensor grad_image = at::empty_like(image);
+  at::Tensor grad_text = compute_grad_text ? at::empty_like(text) : at::empty({0}, text.options());
+  const double coef = -grad_loss.item<double>() / double(B);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "clip_cosine_loss_backward", [&] {
+    const scalar_t* z_data = image.const_data_ptr<scalar_t>();
+    const scalar_t* t_data = text.const_data_ptr<scalar_t>();
+    scalar_t* gz_data = grad_image.data_ptr<scalar_t>();
+    scalar_t* gt_data = compute_grad_text ? grad_text.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, B, grain_rows(D), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const scalar_t* z = z_data + b * D;
+        const scalar_t* t = t_data + b * D;
+        const RowDots r = row_dots(z, t, D);
+        const double zn = std::sqrt(r.zz), tn = std::sqrt(r.tt);
+        const double nz = std::max(zn, kCosineEps), nt = std::max(tn, kCosineEps), c = r.zt / (nz * nt);
+        const double cross = coef / (nz * nt);
+        const double self_z = zn > kCosineEps ? coef * c / (nz * nz) : 0.0;
+        const double self_t = tn > kCosineEps ? coef * c / (nt * nt) : 0.0;
+        scalar_t* gz = gz_data + b * D;
+        for (int64_t d = 0; d < D; ++d) gz[d] = static_cast<scalar_t>(cross * double(t[d]) - self_z * double(z[d]));
+        if (gt_data != nullptr) {
+          scalar_t* gt = gt_data + b * D;
+          for (int64_t d = 0; d < D; ++d) gt[d] = static_cast<scalar_t>(cross * double(z[d]) - self_t * double(t[d]));
+        }
+      }
+    });
+  });
+  return {grad_image, grad_text};
+}
+
+// ======================================= noisy style features =======================================
+
+struct Planes {
+  int64_t planes, size;  // B*C planes of `size` elements each
+};
+
+Planes check_style_features(const at::Tensor& xn, const at::Tensor& mean, const at::Tensor& std) {
+  check_cpu_float(xn, "xn");
+  TORCH_CHECK(xn.dim() >= 2, "styleda_fast: xn must be (B, C, ...), got ", xn.dim(), " dims");
+  const auto acc = acc_dtype(xn);
+  for (const auto* p : {&mean, &std}) {
+    TORCH_CHECK(p->dim() == 2 && p->size(0) == xn.size(0) && p->size(1) == xn.size(1) && p->is_contiguous() &&
+                    p->scalar_type() == acc && p->device().is_cpu(),
+                "styleda_fast: mean and std must be contiguous (B, C) = (", xn.size(0), ", ", xn.size(1),
+                ") CPU tensors of dtype ", acc, ", got ", p->sizes(), " ", p->scalar_type());
+  }
+  const int64_t planes = xn.size(0) * xn.size(1);
+  return {planes, planes == 0 ? 0 : xn.numel() / planes};
+}
+
+at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& mean, const at::Tensor& std,
+                                   double noise_scale, int64_t seed, int64_t offset) {
+  const Planes pl = check_style_features(xn_in, mean, std);
+  TORCH_CHECK(offset >= 0 && offset < (int64_t(1) << 32), "styleda_fast: offset must be in [0, 2^32), got ", offset);
+  const at::Tensor xn = xn_in.contiguous();
+  at::Tensor out = at::empty_like(xn);
+  const int64_t N = xn.numel(), chunk_size = 4 * kFeatureGroups, chunks = (N + chunk_size - 1) / chunk_size;
+  if (N == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xn.scalar_type(), "noisy_style_features_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* x = xn.const_data_ptr<scalar_t>();
+    scalar_t* y = out.data_ptr<scalar_t>();
+    const A* m = mean.const_data_ptr<A>();
+    const A* s = std.const_data_ptr<A>();
+    const A fn = static_cast<A>(noise_scale);
+    at::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
+      std::vector<float> noise(chunk_size);
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        if (fn != A(0)) feature_noise(uint64_t(seed), static_cast<uint32_t>(offset), chunk, noise.data());
+        const int64_t base = chunk * chunk_size, stop = std::min(base + chunk_size, N);
+        for (int64_t e = base; e < stop;) {  // runs of one plane
+          const int64_t p = e / pl.size, run_end = std::min(stop, (p + 1) * pl.size);
+          const A mp = m[p], sp = s[p];
+          const float* nz = noise.data() + (e - base);
+          const int64_t n = run_end - e;
+          if (fn != A(0)) {
+            _Pragma("omp simd")
+            for (int64_t i = 0; i < n; ++i) {
+              const A z = sp * static_cast<A>(x[e + i]) + mp;
+              y[e + i] = static_cast<scalar_t>((z > A(0) ? z : (z == z ? A(0) : z)) + fn * static_cast<A>(nz[i]));
+            }
+          } else {
+            _Pragma("omp simd")
+            for (int64_t i = 0; i < n; ++i) {
+              const A z = sp * static_cast<A>(x[e + i]) + mp;
+              y[e + i] = static_cast<scalar_t>(z > A(0) ? z : (z == z ? A(0) : z));
+            }
+          }
+          e = run_end;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_style_features_backward_cpu(const at::Tensor& grad_out_in,
+                                                                                 const at::Tensor& xn_in,
+                                                                                 const at::Tensor& mean,
+                                                                                 const at::Tensor& std,
+                                                                                 bool compute_grad_xn) {
+  const Planes pl = check_style_features(xn_in, mean, std);
+  TORCH_CHECK(grad_out_in.sizes() == xn_in.sizes() && grad_out_in.scalar_type() == xn_in.scalar_type(),
+              "styleda_fast: grad_out must have xn's shape and dtype");
+  const at::Tensor xn = xn_in.contiguous(), grad_out = grad_out_in.contiguous();
+  at::Tensor grad_mean = at::empty_like(mean), grad_std = at::empty_like(std);
+  at::Tensor grad_xn = compute_grad_xn ? at::empty_like(xn) : at::empty({0}, xn.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xn.scalar_type(), "noisy_style_features_backward", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* x_data = xn.const_data_ptr<scalar_t>();
+    const scalar_t* g_data = grad_out.const_data_ptr<scalar_t>();
+    scalar_t* dx_data = compute_grad_xn ? grad_xn.data_ptr<scalar_t>() : nullptr;
+    const A* m = mean.const_data_ptr<A>();
+    const A* s = std.const_data_ptr<A>();
+    A* gm = grad_mean.data_ptr<A>();
+    A* gs = grad_std.data_ptr<A>();
+    at::parallel_for(0, pl.planes, grain_rows(pl.size), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const scalar_t* x = x_data + p * pl.size;
+        const scalar_t* g = g_data + p * pl.size;
+        const A mp = m[p], sp = s[p];
+        double sum_g = 0, sum_gx = 0;
+        _Pragma("omp simd reduction(+ : sum_g, sum_gx)")
+        for (int64_t i = 0; i < pl.size; ++i) {
+          const A xi = static_cast<A>(x[i]);
+          const A gi = sp * xi + mp > A(0) ? static_cast<A>(g[i]) : A(0);  // ReLU mask of the forward
+          sum_g += double(gi);
+          sum_gx += double(gi) * double(xi);
+        }
+        gm[p] = static_cast<A>(sum_g);
+        gs[p] = static_cast<A>(sum_gx);
+        if (dx_data != nullptr) {
+          scalar_t* dx = dx_data + p * pl.size;
+          _Pragma("omp simd")
+          for (int64_t i = 0; i < pl.size; ++i) {
+            const A xi = static_cast<A>(x[i]);
+            dx[i] = static_cast<scalar_t>(sp * xi + mp > A(0) ? static_cast<A>(g[i]) * sp : A(0));
+          }
+        }
+      }
+    });
+  });
+  return {grad_xn, grad_mean, grad_std};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(styleda_fast, CPU, m) {
+  m.impl("noisy_text_projection", &noisy_text_projection_cpu);
+  m.impl("noisy_text_projection_backward", &noisy_text_projection_backward_cpu);
+  m.impl("clip_cosine_loss", &clip_cosine_loss_cpu);
+  m.impl("clip_cosine_loss_backward", &clip_cosine_loss_backward_cpu);
+  m.impl("noisy_style_features", &noisy_style_features_cpu);
+  m.impl("noisy_style_features_backward", &noisy_style_features_backward_cpu);
+}
+
+}  // namespace styleda_fast
