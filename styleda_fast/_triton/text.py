@@ -8,9 +8,9 @@
 * ``noisy_text_projection_backward``: one program per row, summing over samples (no noise needed).
 * ``clip_cosine_loss``: row blocks; one launch when the whole batch fits one program, else per-program partial
   sums and a one-program reduction in fixed order (deterministic, no atomics). Backward: one launch over row blocks.
-* ``noisy_style_features``: chunks of ``4*L`` elements, one counter per four elements (``reference_text.feature_noise``);
-  backward: one program per (b, c) plane, reductions in registers (no atomics), noise never regenerated (it is added
-  after the ReLU, so the gradient does not depend on it).
+* ``noisy_style_features``: chunks of ``4*L`` elements, one counter per four elements (as in
+  ``reference_text.feature_noise``); backward: one program per (b, c) plane, reductions in registers (no
+  atomics), noise never regenerated (it is added after the ReLU, so the gradient does not depend on it).
 
 Accumulation is float32, or float64 for float64 tensors. Offsets are int64.
 """
@@ -111,7 +111,9 @@ def _noisy_text_kernel(
         inv_v = 1.0 / tl.maximum(vn, 1e-12)
         for start in range(0, Q, BLOCK_Q):  # the noise again (cheaper and safer than reading back what we wrote)
             jj = j + start
-            v0, v1, v2, v3, m0, m1, m2, m3 = _text_quarters(text_row, jj, Q, D, sigma, inv_t, seed, stream, kk, TAG, ACC)
+            v0, v1, v2, v3, m0, m1, m2, m3 = _text_quarters(
+                text_row, jj, Q, D, sigma, inv_t, seed, stream, kk, TAG, ACC
+            )
             tl.store(out_row + jj, (v0 * inv_v).to(out_ptr.dtype.element_ty), mask=m0)
             tl.store(out_row + Q + jj, (v1 * inv_v).to(out_ptr.dtype.element_ty), mask=m1)
             tl.store(out_row + 2 * Q + jj, (v2 * inv_v).to(out_ptr.dtype.element_ty), mask=m2)
@@ -132,7 +134,19 @@ def noisy_text_projection(text: torch.Tensor, sigma: float, samples: int, seed: 
     Q = (D + 3) // 4
     block_q = min(triton.next_power_of_2(Q), _MAX_TEXT_TILE)
     _noisy_text_kernel[(K * samples,)](
-        text, out, norm, samples, D, Q, float(sigma), seed, offset, TEXT_TAG, _acc(text.dtype), block_q, Q <= block_q,
+        text,
+        out,
+        norm,
+        samples,
+        D,
+        Q,
+        float(sigma),
+        seed,
+        offset,
+        TEXT_TAG,
+        _acc(text.dtype),
+        block_q,
+        Q <= block_q,
         num_warps=4 if block_q >= 256 else 1,
     )
     return out, norm
@@ -187,7 +201,15 @@ def noisy_text_projection_backward(grad_out, text, out, norm):
         return grad_text
     block_d = triton.next_power_of_2(D)
     _noisy_text_backward_kernel[(K,)](
-        grad_out, text, out, norm, grad_text, out.shape[1], D, _acc(text.dtype), block_d,
+        grad_out,
+        text,
+        out,
+        norm,
+        grad_text,
+        out.shape[1],
+        D,
+        _acc(text.dtype),
+        block_d,
         num_warps=4 if block_d >= 1024 else 1,
     )
     return grad_text
@@ -327,8 +349,17 @@ def clip_cosine_loss_backward(grad_loss, image, text, compute_grad_text: bool):
     grad_text = torch.empty_like(text) if compute_grad_text else text.new_empty(0)
     block_r, block_d = _row_blocks(D)
     _cosine_loss_backward_kernel[(triton.cdiv(B, block_r),)](
-        grad_loss, image, text, grad_image, grad_text if compute_grad_text else grad_image, B, D,
-        _acc(image.dtype), block_r, block_d, compute_grad_text,
+        grad_loss,
+        image,
+        text,
+        grad_image,
+        grad_text if compute_grad_text else grad_image,
+        B,
+        D,
+        _acc(image.dtype),
+        block_r,
+        block_d,
+        compute_grad_text,
     )
     return grad_image, grad_text
 
@@ -398,15 +429,36 @@ def noisy_style_features(xn, mean, std, feature_noise: float, seed: int, offset:
     HW = N // (xn.shape[0] * xn.shape[1])
     L = FEATURE_GROUPS
     _noisy_style_kernel[(triton.cdiv(N, 4 * L),)](
-        xn, out, mean, std, N, HW, float(feature_noise), seed, offset, FEATURE_TAG, _acc(xn.dtype), L,
-        feature_noise != 0, num_warps=4,
+        xn,
+        out,
+        mean,
+        std,
+        N,
+        HW,
+        float(feature_noise),
+        seed,
+        offset,
+        FEATURE_TAG,
+        _acc(xn.dtype),
+        L,
+        feature_noise != 0,
+        num_warps=4,
     )
     return out
 
 
 @triton.jit
 def _noisy_style_backward_kernel(
-    g_ptr, x_ptr, mean_ptr, std_ptr, gx_ptr, gm_ptr, gs_ptr, HW, ACC: tl.constexpr, BLOCK: tl.constexpr,
+    g_ptr,
+    x_ptr,
+    mean_ptr,
+    std_ptr,
+    gx_ptr,
+    gm_ptr,
+    gs_ptr,
+    HW,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
     GRAD_X: tl.constexpr,
 ):
     p = tl.program_id(0).to(tl.int64)
@@ -439,7 +491,17 @@ def noisy_style_features_backward(grad_out, xn, mean, std, compute_grad_xn: bool
     HW = xn.numel() // planes
     block = min(triton.next_power_of_2(max(HW, 1)), 2048)
     _noisy_style_backward_kernel[(planes,)](
-        grad_out, xn, mean, std, grad_xn if compute_grad_xn else grad_out, grad_mean, grad_std, HW,
-        _acc(xn.dtype), block, compute_grad_xn, num_warps=4 if block >= 512 else 1,
+        grad_out,
+        xn,
+        mean,
+        std,
+        grad_xn if compute_grad_xn else grad_out,
+        grad_mean,
+        grad_std,
+        HW,
+        _acc(xn.dtype),
+        block,
+        compute_grad_xn,
+        num_warps=4 if block >= 512 else 1,
     )
     return grad_xn, grad_mean, grad_std
