@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from styleda_fast import reference
+from styleda_fast.bench_text import text_cases
 from styleda_fast.style_mix import local_style_mix
 
 
@@ -119,6 +120,7 @@ def style_mix_cases(device: torch.device, quick: bool, compile_baseline: bool) -
 
 
 CASE_FAMILIES: dict[str, Callable[[torch.device, bool, bool], list[Case]]] = {"style_mix": style_mix_cases}
+CASE_FAMILIES["text"] = text_cases
 
 
 def machine_info(device: torch.device) -> dict:
