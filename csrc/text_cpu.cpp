@@ -11,8 +11,9 @@
 //  * text noise eps[k, s, d]: Q = ceil(D/4), d = q*Q + j: output q of counter (j, offset + s, k, kTextTag);
 //  * feature noise eps[e] (e: flat element index): chunks of 4*L elements, e = chunk*4L + q*L + j: output q of
 //    counter (g_lo, g_hi, offset, kFeatureTag) with g = chunk*L + j (64-bit).
-// Float32 transcendental functions round differently on CPU and GPU, so the two agree only up to rounding; the
-// package documents them as different (equally distributed) draws.
+// The CPU computes log, sin and cos with its own float32 polynomials (and cos/sin of 2*pi*u by reduction in turns),
+// the GPU with its math library, so the two agree only up to a few float32 ulps; the package documents them as
+// different (equally distributed) draws.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -59,53 +60,152 @@ constexpr uint32_t kTextTag = 0x54455854u;                        // "TEXT": kee
 constexpr uint32_t kFeatureTag = 0x46454154u;                     // "FEAT"
 constexpr int64_t kFeatureGroups = 256;                           // L: counters per chunk of 4*L feature elements
 
-inline uint32_t mulhi(uint32_t a, uint32_t b) { return static_cast<uint32_t>((uint64_t(a) * uint64_t(b)) >> 32); }
+// The generator works on kLanes counters at a time, each step a loop over lanes that the compiler vectorizes
+// (32x32->64-bit multiplies; float32 polynomials for log, sin and cos instead of scalar libm calls).
+constexpr int64_t kLanes = 64;
 
-// Four normals from counter (c0, c1, c2, c3) and key seed, as tl.randn4x would draw them.
-inline void philox_normal4(uint64_t seed, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, float n[4]) {
+inline float bits_to_float(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof(f));
+  return f;
+}
+
+inline uint32_t float_to_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof(b));
+  return b;
+}
+
+// Natural log of a positive normal float (Cephes logf: frexp split, degree-9 polynomial; ~1 ulp).
+inline float log_positive(float x) {
+  const uint32_t bits = float_to_bits(x);
+  float e = static_cast<float>(static_cast<int32_t>(bits >> 23) - 126);
+  const uint32_t mbits = (bits & 0x007FFFFFu) | 0x3F000000u;
+  float m = bits_to_float(mbits);  // x = m * 2^e, m in [0.5, 1)
+  // 1 when m < sqrt(1/2), else 0, by a sign bit (mbits - threshold is small and signed): no compare, no branch
+  const float small = static_cast<float>(static_cast<int32_t>((mbits - 0x3F3504F3u) >> 31));
+  e -= small;
+  m = m * (1.0f + small) - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+
+// sqrt(x) for x > 0 by Newton on 1/sqrt(x) from the bit-trick guess (3 steps: float accuracy). std::sqrt would
+// keep the loop scalar: without -fno-math-errno the compiler must branch to set errno for negative inputs.
+inline float sqrt_positive(float x) {
+  float y = bits_to_float(0x5F3759DFu - (float_to_bits(x) >> 1));
+  y = y * (1.5f - 0.5f * x * y * y);
+  y = y * (1.5f - 0.5f * x * y * y);
+  y = y * (1.5f - 0.5f * x * y * y);
+  return x * y;
+}
+
+// cos and sin of 2*pi*u for u in [0, 1): exact reduction in turns to [-1/8, 1/8], Cephes polynomials, then a
+// rotation by whole quarter turns done with bit operations (no branches, so the calling loop vectorizes).
+inline void cos_sin_turns(float u, float& c, float& s) {
+  const float r = u - static_cast<float>(static_cast<int32_t>(u + 0.5f));                // [-0.5, 0.5)
+  const int32_t k = static_cast<int32_t>(4.0f * r + 2.5f);                                 // round(4r) + 2
+  const float a = (r - 0.25f * static_cast<float>(k - 2)) * 6.283185307f;                 // [-pi/4, pi/4]
+  const float z = a * a;
+  const float sa = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * a + a;
+  const float ca = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z -
+                   0.5f * z + 1.0f;
+  // quarter turns q = k - 2 (mod 4 = k + 2): q=0 (ca, sa), 1 (-sa, ca), 2 (-ca, -sa), 3 (sa, -ca)
+  const uint32_t q = static_cast<uint32_t>(k + 2) & 3u;
+  const uint32_t swap = 0u - (q & 1u);                        // all ones for odd q
+  const uint32_t neg_c = ((q ^ (q >> 1)) & 1u) << 31;         // q = 1, 2
+  const uint32_t neg_s = (q >> 1) << 31;                      // q = 2, 3
+  const uint32_t cb = float_to_bits(ca), sb = float_to_bits(sa);
+  c = bits_to_float(((cb & ~swap) | (sb & swap)) ^ neg_c);
+  s = bits_to_float(((sb & ~swap) | (cb & swap)) ^ neg_s);
+}
+
+// Four standard normals per lane from counters (c0[j], c1[j], c2, c3) and key seed: Philox4x32-10, then uint32 ->
+// [0, 1) as tl.uint_to_uniform_float (read as int32, negatives folded with ~, times (2^23-1)/2^23 * 2^-31), then
+// Box-Muller on (u0, u1) and (u2, u3) with u clamped at 1e-7, as tl.pair_uniform_to_normal. out[q][j].
+void philox_normals(uint64_t seed, const uint32_t* c0_in, const uint32_t* c1_in, uint32_t c2, uint32_t c3,
+                    float out[4][kLanes]) {
+  alignas(64) uint32_t x0[kLanes], x1[kLanes], x2[kLanes], x3[kLanes];
+#pragma omp simd
+  for (int64_t j = 0; j < kLanes; ++j) {
+    x0[j] = c0_in[j];
+    x1[j] = c1_in[j];
+    x2[j] = c2;
+    x3[j] = c3;
+  }
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < 10; ++round) {
-    const uint32_t a = c0, b = c2;
-    c0 = mulhi(kRoundB, b) ^ c1 ^ k0;
-    c2 = mulhi(kRoundA, a) ^ c3 ^ k1;
-    c1 = kRoundB * b;
-    c3 = kRoundA * a;
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const uint64_t pb = uint64_t(kRoundB) * x2[j], pa = uint64_t(kRoundA) * x0[j];
+      x0[j] = static_cast<uint32_t>(pb >> 32) ^ x1[j] ^ k0;
+      x2[j] = static_cast<uint32_t>(pa >> 32) ^ x3[j] ^ k1;
+      x1[j] = static_cast<uint32_t>(pb);
+      x3[j] = static_cast<uint32_t>(pa);
+    }
     k0 += kKeyA;
     k1 += kKeyB;
   }
-  const uint32_t bits[4] = {c0, c1, c2, c3};
-  float u[4];
-  for (int i = 0; i < 4; ++i) {  // uint32 -> [0, 1): as a signed int, folded to >= 0, times (2^23-1)/2^23 * 2^-31
-    int32_t v;
-    std::memcpy(&v, &bits[i], sizeof(v));
-    if (v < 0) v = ~v;
-    u[i] = static_cast<float>(v) * 4.6566127342e-10f;
-  }
-  for (int i = 0; i < 4; i += 2) {  // Box-Muller on (u[i], u[i+1])
-    const float u1 = std::max(1.0e-7f, u[i]);
-    const float th = 6.283185307179586f * u[i + 1];
-    const float r = std::sqrt(-2.0f * std::log(u1));
-    n[i] = r * std::cos(th);
-    n[i + 1] = r * std::sin(th);
+  uint32_t* words[4] = {x0, x1, x2, x3};
+  for (int pair = 0; pair < 2; ++pair) {
+    const uint32_t* wa = words[2 * pair];
+    const uint32_t* wb = words[2 * pair + 1];
+    float* na = out[2 * pair];
+    float* nb = out[2 * pair + 1];
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const int32_t ia = static_cast<int32_t>(wa[j]), ib = static_cast<int32_t>(wb[j]);
+      const float u = static_cast<float>(ia ^ (ia >> 31)) * 4.6566127342e-10f;  // ~ia for negative ia
+      // u1 = max(u, 1e-7) on the bits (ordered like the values for floats >= 0): a compare would keep the loop scalar
+      const uint32_t ub = float_to_bits(u), tb = float_to_bits(1.0e-7f), below = 0u - ((ub - tb) >> 31);
+      const float u1 = bits_to_float((ub & ~below) | (tb & below));
+      const float u2 = static_cast<float>(ib ^ (ib >> 31)) * 4.6566127342e-10f;
+      const float r = sqrt_positive(-2.0f * log_positive(u1));  // u1 < 1, so the argument is > 0
+      float c, s;
+      cos_sin_turns(u2, c, s);
+      na[j] = r * c;
+      nb[j] = r * s;
+    }
   }
 }
 
 // noise[q*Q + j] = output q of counter (j, stream, row, kTextTag), for j < Q: coordinates 0..4Q-1 of one sample.
 void text_noise(uint64_t seed, uint32_t stream, uint32_t row, int64_t Q, float* noise) {
-  float n[4];
-  for (int64_t j = 0; j < Q; ++j) {
-    philox_normal4(seed, static_cast<uint32_t>(j), stream, row, kTextTag, n);
-    for (int q = 0; q < 4; ++q) noise[q * Q + j] = n[q];
+  alignas(64) uint32_t c0[kLanes], c1[kLanes];
+  alignas(64) float n[4][kLanes];
+  for (int64_t j0 = 0; j0 < Q; j0 += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) c0[j] = static_cast<uint32_t>(j0 + j), c1[j] = stream;
+    philox_normals(seed, c0, c1, row, kTextTag, n);
+    const int64_t count = std::min(kLanes, Q - j0);
+    for (int q = 0; q < 4; ++q) std::memcpy(noise + q * Q + j0, n[q], count * sizeof(float));
   }
 }
 
 // noise[q*L + j] = output q of counter (g_lo, g_hi, offset, kFeatureTag), g = chunk*L + j: one chunk of 4L elements.
 void feature_noise(uint64_t seed, uint32_t offset, int64_t chunk, float* noise) {
-  float n[4];
-  for (int64_t j = 0; j < kFeatureGroups; ++j) {
-    const uint64_t g = static_cast<uint64_t>(chunk * kFeatureGroups + j);
-    philox_normal4(seed, static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), offset, kFeatureTag, n);
-    for (int q = 0; q < 4; ++q) noise[q * kFeatureGroups + j] = n[q];
+  static_assert(kFeatureGroups % kLanes == 0, "a chunk is a whole number of lane blocks");
+  alignas(64) uint32_t c0[kLanes], c1[kLanes];
+  alignas(64) float n[4][kLanes];
+  for (int64_t j0 = 0; j0 < kFeatureGroups; j0 += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const uint64_t g = static_cast<uint64_t>(chunk * kFeatureGroups + j0 + j);
+      c0[j] = static_cast<uint32_t>(g);
+      c1[j] = static_cast<uint32_t>(g >> 32);
+    }
+    philox_normals(seed, c0, c1, offset, kFeatureTag, n);
+    for (int q = 0; q < 4; ++q) std::memcpy(noise + q * kFeatureGroups + j0, n[q], kLanes * sizeof(float));
   }
 }
 
@@ -244,16 +344,19 @@ struct RowDots {
   double zt, zz, tt;
 };
 
+// Dot products of one row pair, in the accumulation type with SIMD lanes (D is at most a few thousand).
 template <typename T>
 RowDots row_dots(const T* z, const T* t, int64_t D) {
-  double zt = 0, zz = 0, tt = 0;
+  using A = acc_t<T>;
+  A zt = 0, zz = 0, tt = 0;
+#pragma omp simd reduction(+ : zt, zz, tt)
   for (int64_t d = 0; d < D; ++d) {
-    const double a = double(z[d]), b = double(t[d]);
+    const A a = static_cast<A>(z[d]), b = static_cast<A>(t[d]);
     zt += a * b;
     zz += a * a;
     tt += b * b;
   }
-  return {zt, zz, tt};
+  return {double(zt), double(zz), double(tt)};
 }
 
 void check_pair(const at::Tensor& image, const at::Tensor& text) {
