@@ -233,6 +233,36 @@ int64_t grain_rows(int64_t work_per_row) { return std::max<int64_t>(1, 16384 / s
 
 // ======================================= noisy text projection =======================================
 
+// One text row k, all its samples: u = t / |t|, v = u + sigma * eps, out = v / |v|, norm = |v|. In the
+// accumulation type, SIMD lanes (loops outside AT_DISPATCH so that the simd pragmas apply).
+template <typename T>
+void noisy_text_row(const T* t, T* out, acc_t<T>* norm, int64_t S, int64_t D, double sigma, uint64_t seed,
+                    int64_t offset, int64_t k, float* noise, acc_t<T>* u) {
+  using A = acc_t<T>;
+  const int64_t Q = (D + 3) / 4;
+  const A sg = static_cast<A>(sigma);
+  A tt = 0;
+#pragma omp simd reduction(+ : tt)
+  for (int64_t d = 0; d < D; ++d) tt += static_cast<A>(t[d]) * static_cast<A>(t[d]);
+  const A inv_t = A(1) / std::max(std::sqrt(tt), A(kNormalizeEps));
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) u[d] = static_cast<A>(t[d]) * inv_t;
+  for (int64_t s = 0; s < S; ++s) {
+    text_noise(seed, static_cast<uint32_t>(offset + s), static_cast<uint32_t>(k), Q, noise);
+    A vv = 0;
+#pragma omp simd reduction(+ : vv)
+    for (int64_t d = 0; d < D; ++d) {
+      const A v = u[d] + sg * static_cast<A>(noise[d]);
+      vv += v * v;
+    }
+    const A vn = std::sqrt(vv), inv_v = A(1) / std::max(vn, A(kNormalizeEps));
+    norm[s] = vn;
+    T* o = out + s * D;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>((u[d] + sg * static_cast<A>(noise[d])) * inv_v);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> noisy_text_projection_cpu(const at::Tensor& text_in, double sigma, int64_t samples,
                                                              int64_t seed, int64_t offset) {
   check_rows(text_in, "text");
@@ -251,35 +281,50 @@ std::tuple<at::Tensor, at::Tensor> noisy_text_projection_cpu(const at::Tensor& t
     scalar_t* o_data = out.data_ptr<scalar_t>();
     A* n_data = norm.data_ptr<A>();
     at::parallel_for(0, K, grain_rows(S * D), [&](int64_t begin, int64_t end) {
-      std::vector<double> u(D), v(D);
-      std::vector<float> noise(4 * Q);
-      for (int64_t k = begin; k < end; ++k) {
-        const scalar_t* t = t_data + k * D;
-        double tt = 0;
-        for (int64_t d = 0; d < D; ++d) tt += double(t[d]) * double(t[d]);
-        const double inv_t = 1.0 / std::max(std::sqrt(tt), kNormalizeEps);
-        for (int64_t d = 0; d < D; ++d) u[d] = double(t[d]) * inv_t;
-        for (int64_t s = 0; s < S; ++s) {
-          text_noise(uint64_t(seed), static_cast<uint32_t>(offset + s), static_cast<uint32_t>(k), Q, noise.data());
-          double vv = 0;
-          for (int64_t d = 0; d < D; ++d) {
-            v[d] = u[d] + sigma * double(noise[d]);
-            vv += v[d] * v[d];
-          }
-          const double vn = std::sqrt(vv), inv_v = 1.0 / std::max(vn, kNormalizeEps);
-          n_data[k * S + s] = static_cast<A>(vn);
-          scalar_t* o = o_data + (k * S + s) * D;
-          for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(v[d] * inv_v);
-        }
-      }
+      std::vector<A> u(D);
+      std::vector<float> noise(4 * Q + kLanes);
+      for (int64_t k = begin; k < end; ++k)
+        noisy_text_row(t_data + k * D, o_data + k * S * D, n_data + k * S, S, D, sigma, uint64_t(seed), offset, k,
+                       noise.data(), u.data());
     });
   });
   return {out, norm};
 }
 
-// out_s = v_s / |v_s|, v_s = u + sigma*eps_s, u = t / |t|:
-//   grad_v_s = (g_s - out_s (g_s . out_s)) / |v_s|,  grad_u = sum_s grad_v_s,  grad_t = (grad_u - u (grad_u . u)) / |t|
-// (with F.normalize's clamp: a norm below 1e-12 divides by 1e-12 and has no projection term). No noise is needed.
+// Backward of one text row: grad_v_s = (g_s - out_s (g_s . out_s)) / |v_s|, grad_u = sum_s grad_v_s,
+// grad_t = (grad_u - u (grad_u . u)) / |t| (with F.normalize's clamp: a norm below 1e-12 divides by 1e-12 and has
+// no projection term). No noise is needed.
+template <typename T>
+void noisy_text_row_backward(const T* g_rows, const T* o_rows, const acc_t<T>* norm, const T* t, T* gt, int64_t S,
+                             int64_t D, acc_t<T>* gu) {
+  using A = acc_t<T>;
+  std::fill(gu, gu + D, A(0));
+  for (int64_t s = 0; s < S; ++s) {
+    const T* g = g_rows + s * D;
+    const T* o = o_rows + s * D;
+    const A vn = norm[s];
+    A go = 0;
+#pragma omp simd reduction(+ : go)
+    for (int64_t d = 0; d < D; ++d) go += static_cast<A>(g[d]) * static_cast<A>(o[d]);
+    const bool clamped = !(vn > A(kNormalizeEps));
+    const A inv = A(1) / (clamped ? A(kNormalizeEps) : vn), proj = clamped ? A(0) : go;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) gu[d] += (static_cast<A>(g[d]) - static_cast<A>(o[d]) * proj) * inv;
+  }
+  A tt = 0, gut = 0;
+#pragma omp simd reduction(+ : tt, gut)
+  for (int64_t d = 0; d < D; ++d) {
+    const A td = static_cast<A>(t[d]);
+    tt += td * td;
+    gut += gu[d] * td;  // grad_u . t; (grad_u . u) u / |t| = (grad_u . t) t / |t|^3
+  }
+  const A tn = std::sqrt(tt);
+  const bool clamped = !(tn > A(kNormalizeEps));
+  const A inv = A(1) / (clamped ? A(kNormalizeEps) : tn), proj = clamped ? A(0) : gut / tt;
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) gt[d] = static_cast<T>((gu[d] - static_cast<A>(t[d]) * proj) * inv);
+}
+
 at::Tensor noisy_text_projection_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& text_in,
                                               const at::Tensor& out_in, const at::Tensor& norm_in) {
   check_rows(text_in, "text");
@@ -305,34 +350,10 @@ at::Tensor noisy_text_projection_backward_cpu(const at::Tensor& grad_out_in, con
     const A* n_data = norm.const_data_ptr<A>();
     scalar_t* gt_data = grad_text.data_ptr<scalar_t>();
     at::parallel_for(0, K, grain_rows(S * D), [&](int64_t begin, int64_t end) {
-      std::vector<double> gu(D);
-      for (int64_t k = begin; k < end; ++k) {
-        std::fill(gu.begin(), gu.end(), 0.0);
-        for (int64_t s = 0; s < S; ++s) {
-          const scalar_t* g = g_data + (k * S + s) * D;
-          const scalar_t* o = o_data + (k * S + s) * D;
-          const double vn = double(n_data[k * S + s]);
-          if (vn > kNormalizeEps) {
-            double go = 0;
-            for (int64_t d = 0; d < D; ++d) go += double(g[d]) * double(o[d]);
-            for (int64_t d = 0; d < D; ++d) gu[d] += (double(g[d]) - double(o[d]) * go) / vn;
-          } else {
-            for (int64_t d = 0; d < D; ++d) gu[d] += double(g[d]) / kNormalizeEps;
-          }
-        }
-        const scalar_t* t = t_data + k * D;
-        scalar_t* gt = gt_data + k * D;
-        double tt = 0;
-        for (int64_t d = 0; d < D; ++d) tt += double(t[d]) * double(t[d]);
-        const double tn = std::sqrt(tt);
-        if (tn > kNormalizeEps) {
-          double gut = 0;  // grad_u . t; (grad_u . u) u / |t| = (grad_u . t) t / |t|^3
-          for (int64_t d = 0; d < D; ++d) gut += gu[d] * double(t[d]);
-          for (int64_t d = 0; d < D; ++d) gt[d] = static_cast<scalar_t>((gu[d] - double(t[d]) * gut / tt) / tn);
-        } else {
-          for (int64_t d = 0; d < D; ++d) gt[d] = static_cast<scalar_t>(gu[d] / kNormalizeEps);
-        }
-      }
+      std::vector<A> gu(D);
+      for (int64_t k = begin; k < end; ++k)
+        noisy_text_row_backward(g_data + k * S * D, o_data + k * S * D, n_data + k * S, t_data + k * D,
+                                gt_data + k * D, S, D, gu.data());
     });
   });
   return grad_text;
