@@ -412,6 +412,15 @@ at::Tensor clip_cosine_loss_cpu(const at::Tensor& image_in, const at::Tensor& te
 // cos = z.t / (nz nt) with nz = max(|z|, 1e-8), nt likewise; loss = mean(1 - cos). With coef = -grad_loss / B:
 //   grad_z = coef (t / (nz nt) - cos z / nz^2),  grad_t = coef (z / (nz nt) - cos t / nt^2)
 // (the second term vanishes where the norm is clamped).
+// Writes grad = cross * other - self * own for one row, in the accumulation type.
+template <typename T>
+void cosine_row_grad(T* grad, const T* own, const T* other, double cross, double self, int64_t D) {
+  using A = acc_t<T>;
+  const A cr = static_cast<A>(cross), sf = static_cast<A>(self);
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) grad[d] = static_cast<T>(cr * static_cast<A>(other[d]) - sf * static_cast<A>(own[d]));
+}
+
 std::tuple<at::Tensor, at::Tensor> clip_cosine_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& image_in,
                                                                  const at::Tensor& text_in, bool compute_grad_text) {
   check_pair(image_in, text_in);
@@ -436,12 +445,8 @@ std::tuple<at::Tensor, at::Tensor> clip_cosine_loss_backward_cpu(const at::Tenso
         const double cross = coef / (nz * nt);
         const double self_z = zn > kCosineEps ? coef * c / (nz * nz) : 0.0;
         const double self_t = tn > kCosineEps ? coef * c / (nt * nt) : 0.0;
-        scalar_t* gz = gz_data + b * D;
-        for (int64_t d = 0; d < D; ++d) gz[d] = static_cast<scalar_t>(cross * double(t[d]) - self_z * double(z[d]));
-        if (gt_data != nullptr) {
-          scalar_t* gt = gt_data + b * D;
-          for (int64_t d = 0; d < D; ++d) gt[d] = static_cast<scalar_t>(cross * double(z[d]) - self_t * double(t[d]));
-        }
+        cosine_row_grad(gz_data + b * D, z, t, cross, self_z, D);
+        if (gt_data != nullptr) cosine_row_grad(gt_data + b * D, t, z, cross, self_t, D);
       }
     });
   });

@@ -210,7 +210,7 @@ def noisy_text_projection_backward(grad_out, text, out, norm):
         D,
         _acc(text.dtype),
         block_d,
-        num_warps=4 if block_d >= 1024 else 1,
+        num_warps=min(16, max(1, block_d // 256)),
     )
     return grad_text
 
@@ -275,7 +275,7 @@ def _sum_partials_kernel(partial_ptr, loss_ptr, n, B, ACC: tl.constexpr, BLOCK: 
     tl.store(loss_ptr, tl.sum(acc, axis=0) / B)
 
 
-_ONE_PROGRAM_ELEMENTS = 1 << 19  # batches up to this many elements are reduced by a single program (one launch)
+_ONE_PROGRAM_ELEMENTS = 1 << 16  # batches up to this many elements (64 rows of 1024) are reduced in one launch
 _ROWS_PER_PROGRAM = 32
 
 
