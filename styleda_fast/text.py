@@ -12,9 +12,10 @@ seed, with a counter naming the element), so a result depends only on ``(seed, o
 thread count or launch order. ``seed=None`` draws the seed from ``generator`` (default: torch's global generator,
 so ``torch.manual_seed`` makes runs reproducible). The exact streams are specified by
 :mod:`styleda_fast.reference_text`; **CPU and CUDA are not promised to return the same numbers for one seed**:
-treat them as different, equally distributed draws (float32 ``log``/``cos``/``sin`` round differently on the two,
-and the noise is drawn in float32 for every input dtype). For one device and backend, the same seed and inputs give
-the same output bit for bit.
+treat them as different, equally distributed draws (both use the same counters and Box-Muller transform, but the
+CPU kernel computes ``log``/``sqrt``/``sin``/``cos`` with its own float32 polynomials and the GPU with its math
+library, so values agree only to a few float32 ulps, and the noise is drawn in float32 for every input dtype). For
+one device and backend, the same seed and inputs give the same output bit for bit, whatever the thread count.
 """
 
 from __future__ import annotations

@@ -472,3 +472,18 @@ def test_encode_prompts_equals_manual_recipe(rn50):
     assert_close(per_template, expected, 1e-5, "normalize_templates")
     single = encode_prompts(model, tokenizer, "driving at night", templates[:2])
     assert single.shape == (1, 1024)
+
+
+def test_noisy_ops_compile_fullgraph_with_a_seed():
+    """With an explicit seed (no seed draw, which would read a value on the host) both noisy ops trace whole."""
+    text = _randn(5, 64, dtype=torch.float32).requires_grad_()
+    noisy = torch.compile(lambda t: noisy_text_projection(t, 0.1, samples=3, seed=7), fullgraph=True)
+    assert torch.equal(noisy(text), noisy_text_projection(text, 0.1, samples=3, seed=7))
+    xn = _randn(2, 3, 4, 5, dtype=torch.float32)
+    mean = torch.zeros(3, requires_grad=True)
+    std = torch.ones(3, requires_grad=True)
+    features = torch.compile(lambda x, m, s: noisy_style_features(x, m, s, 0.1, seed=3), fullgraph=True)
+    out = features(xn, mean, std)
+    out.sum().backward()
+    assert torch.equal(out, noisy_style_features(xn, mean, std, 0.1, seed=3))
+    assert_close(mean.grad, (xn > 0).sum(dim=(0, 2, 3)).float(), 1e-6, "grad mean")
