@@ -9,6 +9,7 @@ import types
 
 import torch
 
+from styleda_fast._backend import _CPP_PROBLEM
 from styleda_fast._ops.style_mix import acc_dtype
 
 _LIB = "styleda_fast"
@@ -22,7 +23,6 @@ def _check_rows(t, name: str) -> None:
     torch._check(t.is_floating_point(), lambda: f"{name} must be floating point, got {t.dtype}")
 
 
-@torch.library.register_fake(f"{_LIB}::noisy_text_projection")
 def _noisy_text_projection_fake(text, sigma, samples, seed, offset):
     _check_rows(text, "text")
     torch._check(samples >= 1, lambda: "samples must be >= 1")
@@ -30,26 +30,22 @@ def _noisy_text_projection_fake(text, sigma, samples, seed, offset):
     return text.new_empty((K, samples, D)), text.new_empty((K, samples), dtype=acc_dtype(text.dtype))
 
 
-@torch.library.register_fake(f"{_LIB}::noisy_text_projection_backward")
 def _noisy_text_projection_backward_fake(grad_out, text, out, norm):
     _check_rows(text, "text")
     return torch.empty_like(text)
 
 
-@torch.library.register_fake(f"{_LIB}::clip_cosine_loss")
 def _clip_cosine_loss_fake(image, text):
     _check_rows(image, "image")
     torch._check(image.shape == text.shape, lambda: "image and text must have the same shape")
     return image.new_empty((), dtype=acc_dtype(image.dtype))
 
 
-@torch.library.register_fake(f"{_LIB}::clip_cosine_loss_backward")
 def _clip_cosine_loss_backward_fake(grad_loss, image, text, compute_grad_text):
     _check_rows(image, "image")
     return torch.empty_like(image), torch.empty_like(text) if compute_grad_text else text.new_empty(0)
 
 
-@torch.library.register_fake(f"{_LIB}::noisy_style_features")
 def _noisy_style_features_fake(xn, mean, std, feature_noise, seed, offset):
     torch._check(xn.dim() >= 2, lambda: "xn must be (B, C, ...)")
     torch._check(mean.shape == (xn.shape[0], xn.shape[1]), lambda: "mean must be (B, C)")
@@ -57,7 +53,6 @@ def _noisy_style_features_fake(xn, mean, std, feature_noise, seed, offset):
     return torch.empty_like(xn)
 
 
-@torch.library.register_fake(f"{_LIB}::noisy_style_features_backward")
 def _noisy_style_features_backward_fake(grad_out, xn, mean, std, compute_grad_xn):
     grad_xn = torch.empty_like(xn) if compute_grad_xn else xn.new_empty(0)
     return grad_xn, torch.empty_like(mean), torch.empty_like(std)
@@ -121,17 +116,6 @@ def _noisy_style_features_backward(ctx, grad_out):
     return *noisy_style_features_grad(torch.ops.styleda_fast, ctx, grad_out), None, None, None
 
 
-torch.library.register_autograd(
-    f"{_LIB}::noisy_text_projection", _noisy_text_projection_backward, setup_context=_noisy_text_projection_setup
-)
-torch.library.register_autograd(
-    f"{_LIB}::clip_cosine_loss", _clip_cosine_loss_backward, setup_context=_clip_cosine_loss_setup
-)
-torch.library.register_autograd(
-    f"{_LIB}::noisy_style_features", _noisy_style_features_backward, setup_context=_noisy_style_features_setup
-)
-
-
 # ---------------------------------------------------------------- Triton kernels for CUDA tensors
 
 
@@ -142,27 +126,43 @@ def triton_kernels() -> types.ModuleType:
     return text
 
 
-_OPERATORS = (
-    "noisy_text_projection",
-    "noisy_text_projection_backward",
-    "clip_cosine_loss",
-    "clip_cosine_loss_backward",
-    "noisy_style_features",
-    "noisy_style_features_backward",
-)
-_cuda_library = torch.library.Library(_LIB, "IMPL")
-
-
-def _register_cuda(name: str) -> None:
+def _register_cuda(library: torch.library.Library, name: str) -> None:
     def cuda_kernel(*args):
         return getattr(triton_kernels(), name)(*args)
 
     cuda_kernel.__name__ = f"{name}_cuda"
-    _cuda_library.impl(name, cuda_kernel, "CUDA")
+    library.impl(name, cuda_kernel, "CUDA")
 
 
-for _name in _OPERATORS:
-    _register_cuda(_name)
+def _register() -> torch.library.Library:
+    """Fake kernels, autograd and CUDA kernels of the operators that csrc/text_cpu.cpp defines."""
+    fakes = {
+        "noisy_text_projection": _noisy_text_projection_fake,
+        "noisy_text_projection_backward": _noisy_text_projection_backward_fake,
+        "clip_cosine_loss": _clip_cosine_loss_fake,
+        "clip_cosine_loss_backward": _clip_cosine_loss_backward_fake,
+        "noisy_style_features": _noisy_style_features_fake,
+        "noisy_style_features_backward": _noisy_style_features_backward_fake,
+    }
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"{_LIB}::{name}", fake)
+    torch.library.register_autograd(
+        f"{_LIB}::noisy_text_projection", _noisy_text_projection_backward, setup_context=_noisy_text_projection_setup
+    )
+    torch.library.register_autograd(
+        f"{_LIB}::clip_cosine_loss", _clip_cosine_loss_backward, setup_context=_clip_cosine_loss_setup
+    )
+    torch.library.register_autograd(
+        f"{_LIB}::noisy_style_features", _noisy_style_features_backward, setup_context=_noisy_style_features_setup
+    )
+    library = torch.library.Library(_LIB, "IMPL")
+    for name in fakes:
+        _register_cuda(library, name)
+    return library
+
+
+# Without the compiled library the operators do not exist; the public API then runs the reference.
+_LIBRARY = _register() if _CPP_PROBLEM is None else None
 
 
 # ---------------------------------------------------------------- Triton on CPU tensors (interpreter)
