@@ -459,18 +459,18 @@ def rn50():
 
 def test_encode_prompts_equals_manual_recipe(rn50):
     model, tokenizer = rn50
-    descriptions = famix_descriptions([0, 13, 255], generator=torch.Generator().manual_seed(1))
-    templates = IMAGENET_TEMPLATES[:5]
+    descriptions = famix_descriptions([13, 255], generator=torch.Generator().manual_seed(1))
+    templates = IMAGENET_TEMPLATES[:3]
     expected = reference_text.encode_prompts_manual(model, tokenizer, descriptions, templates)
-    for batch_size in (4, 1000):  # 4: batches cut through descriptions
+    for batch_size in (2, 1000):  # 2: batches cut through descriptions
         got = encode_prompts(model, tokenizer, descriptions, templates, batch_size=batch_size)
-        assert got.shape == (3, 1024) and got.dtype == torch.float32 and not got.requires_grad
+        assert got.shape == (2, 1024) and got.dtype == torch.float32 and not got.requires_grad
         assert_close(got, expected, 1e-5, f"batch_size {batch_size}")
-    assert_close(got.norm(dim=-1), torch.ones(3), 1e-6, "unit rows")
+    assert_close(got.norm(dim=-1), torch.ones(2), 1e-6, "unit rows")
     per_template = encode_prompts(model, tokenizer, descriptions, templates, normalize_templates=True)
     expected = reference_text.encode_prompts_manual(model, tokenizer, descriptions, templates, normalize_templates=True)
     assert_close(per_template, expected, 1e-5, "normalize_templates")
-    single = encode_prompts(model, tokenizer, "driving at night", templates[:2])
+    single = encode_prompts(model, tokenizer, "driving at night", templates[:1])
     assert single.shape == (1, 1024)
 
 
