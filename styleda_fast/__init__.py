@@ -8,15 +8,25 @@ CPU tensors run fused C++ kernels, CUDA tensors fused Triton kernels; ``backends
 
 from styleda_fast import _ops  # noqa: F401  (registers fake kernels, autograd and CUDA kernels of the operators)
 from styleda_fast._backend import BackendStatus, backends, use_backend
+from styleda_fast.prompts import CITYSCAPES_CLASSES, FAMIX_STYLES, IMAGENET_TEMPLATES, famix_descriptions
 from styleda_fast.reference import patch_bounds
 from styleda_fast.style_mix import local_style_mix, patch_mean_std
+from styleda_fast.text import clip_cosine_loss, encode_prompts, noisy_style_features, noisy_text_projection
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendStatus",
+    "CITYSCAPES_CLASSES",
+    "FAMIX_STYLES",
+    "IMAGENET_TEMPLATES",
     "backends",
+    "clip_cosine_loss",
+    "encode_prompts",
+    "famix_descriptions",
     "local_style_mix",
+    "noisy_style_features",
+    "noisy_text_projection",
     "patch_bounds",
     "patch_mean_std",
     "use_backend",

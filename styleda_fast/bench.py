@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from styleda_fast import reference
+from styleda_fast.bench_text import text_cases
 from styleda_fast.style_mix import local_style_mix
 
 
@@ -288,3 +289,6 @@ def run(
     plot(rows, out / "bench.png", f"styleda_fast on {info.get('gpu') or info['cpu']}, {info['date'][:10]}")
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
     return rows
+
+
+CASE_FAMILIES["text"] = text_cases  # the text family (styleda_fast/bench_text.py)
