@@ -12,6 +12,7 @@ to carry the weight it had in its own batch: ``1 / reference_batch_size``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from styleda_fast._checks import check_features
 from styleda_fast.style_mix import local_style_mix, patch_mean_std
+from styleda_fast.text import clip_cosine_loss, noisy_style_features
 
 
 class ClipImageTail(nn.Module):
@@ -141,7 +143,8 @@ def mine_styles(
         targets: ``(N, D)`` text targets (normalized here).
         steps, lr, momentum, weight_decay: SGD as in the public code (100 steps, lr 1, momentum 0.9, wd 1e-4).
         feature_noise: standard deviation of Gaussian noise added to the synthesized features at each step
-            (a new draw per step and item, reproducible from ``seed`` and the item's index).
+            (the fused ``noisy_style_features``; a new draw per step and item, keyed by ``seed``, the item's global
+            index and the step, so it does not depend on ``batch_size``; ``seed=None`` draws a run seed).
         detach_norm: divide the embedding by its detached norm before the cosine (the public code's graph).
         clamp_std: clamp ``std_s >= 0`` in place before each step (PODA's PIN; FAMix's patch-wise PIN does not).
         reference_batch_size: the batch size each item had in the public code, whose loss is averaged over its
@@ -153,7 +156,12 @@ def mine_styles(
         channels_last: run the tail on channels_last tensors.
         progress: called with the number of items finished after each chunk.
     Returns:
-        :class:`MiningResult` with ``mean``, ``std`` ``(N, C)`` float32 and ``loss (N,)``.
+        :class:`MiningResult` with ``mean``, ``std`` ``(N, C)`` float32 and ``loss (N,)``, each item's loss at
+        the last step (before its last update).
+
+    The style is applied by the fused ``local_style_mix`` (``grid=1``) and the loss is the fused
+    ``clip_cosine_loss``. On ReLU content (real layer1 features) the first step's pre-activation of a zero pixel is
+    0 up to rounding, so which of those pixels pass the ReLU is rounding noise, in the public code as here.
     """
     check_features(content, "content")
     if not isinstance(targets, Tensor) or targets.dim() != 2 or targets.shape[0] != content.shape[0]:
@@ -197,45 +205,70 @@ def mine_styles(
     return MiningResult(torch.cat(means), torch.cat(stds), torch.cat(losses))
 
 
-def _noise_generators(seed: int | None, first_item: int, count: int, device) -> list[torch.Generator] | None:
-    if seed is None:
-        return None
-    return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + first_item + i) for i in range(count)]
+def _item_seed(seed: int, item: int) -> int:
+    """A 63-bit seed per (run seed, global item index): an item's noise does not depend on how items are batched."""
+    digest = hashlib.sha256(f"{seed}:{item}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _weighted_loss(embeddings: Tensor, targets: Tensor, weights: Tensor, detach_norm: bool) -> Tensor:
+    """``sum_i weights[i] * (1 - cos(z_i, t_i))`` with the fused loss (one call per distinct weight)."""
+    total = embeddings.new_zeros(())
+    for weight in torch.unique(weights).tolist():
+        rows = (weights == weight).nonzero().flatten()
+        if rows.numel() == weights.numel():
+            rows = slice(None)
+        count = weights.numel() if isinstance(rows, slice) else rows.numel()
+        total = total + clip_cosine_loss(embeddings[rows], targets[rows], detach_norm=detach_norm) * (weight * count)
+    return total
 
 
 def _mine_chunk(
     tail, content, targets, weights, steps, lr, momentum, weight_decay, feature_noise, seed, first_item,
     detach_norm, clamp_std, autocast_dtype, channels_last,
 ) -> MiningResult:  # fmt: skip
-    mean0, std0 = patch_mean_std(content.float() if content.dtype == torch.float64 else content, 1)
+    mean0, std0 = patch_mean_std(content, 1)
     style_mean = mean0.flatten(1).float().clone().requires_grad_()
     style_std = std0.flatten(1).float().clone().requires_grad_()
     optimizer = torch.optim.SGD([style_mean, style_std], lr=lr, momentum=momentum, weight_decay=weight_decay)
-    generators = _noise_generators(seed, first_item, content.shape[0], content.device) if feature_noise else None
-    if feature_noise and generators is None:
-        generators = [None] * content.shape[0]
-    item_loss = torch.full((content.shape[0],), float("nan"), device=content.device)
+    if feature_noise:
+        normalized = ((content - mean0) / std0).float()  # xn, computed once (SPEC 5)
+        base = torch.randint(0, 2**62, ()).item() if seed is None else seed
+        item_seeds = [_item_seed(base, first_item + i) for i in range(content.shape[0])]
     device_type = content.device.type
-    for _ in range(steps):
+    for step in range(steps):
         if clamp_std:
             with torch.no_grad():
                 style_std.clamp_(min=0)
-        features = local_style_mix(content, style_mean, style_std, grid=1)
-        if feature_noise:
-            noise = torch.stack(
-                [torch.randn(content.shape[1:], generator=g, device=content.device) for g in generators]
+        if feature_noise:  # a fresh draw per step and item, keyed by (item seed, step)
+            features = torch.cat(
+                [
+                    noisy_style_features(
+                        normalized[i : i + 1],
+                        style_mean[i : i + 1],
+                        style_std[i : i + 1],
+                        feature_noise,
+                        seed=item_seeds[i],
+                        offset=step,
+                    )  # fmt: skip
+                    for i in range(content.shape[0])
+                ]
             )
-            features = features + feature_noise * noise.to(features.dtype)
+        else:
+            features = local_style_mix(content, style_mean, style_std, grid=1)
         if channels_last:
             features = features.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             embeddings = tail(features)
-        per_item = cosine_loss_per_item(embeddings.float(), targets, detach_norm)
-        loss = (per_item * weights).sum()
+        loss = _weighted_loss(embeddings.float(), targets, weights, detach_norm)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        item_loss = per_item.detach()
+        last_embeddings = embeddings.detach().float()
+    if steps == 0:
+        item_loss = torch.full((content.shape[0],), float("nan"), device=content.device)
+    else:
+        item_loss = cosine_loss_per_item(last_embeddings, targets, detach_norm=False)
     return MiningResult(style_mean.detach(), style_std.detach(), item_loss)
 
 
