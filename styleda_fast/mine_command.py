@@ -249,7 +249,7 @@ def run(args) -> int:
         finished = [parts / f"chunk-{k:06d}.safetensors" for k in range(len(chunks))]
         if all(p.exists() for p in finished):
             results = [load_file(str(p)) for p in finished]
-            _write_bank(out, results, args, prompts)
+            _write_bank(out, results, args)
             shutil.rmtree(parts)
             _log(rank, f"wrote {out}")
         else:
@@ -325,13 +325,18 @@ def _select(features, label_maps, grid, where):
     return selection.content, selection.class_ids
 
 
-def _write_bank(out: Path, results: list[dict], args, prompts: PromptTargets) -> None:
+def _write_bank(out: Path, results: list[dict], args) -> None:
+    from styleda_fast.prompts import CITYSCAPES_CLASSES, FAMIX_STYLES
     from styleda_fast.style_bank import StyleBank
 
     mean = torch.cat([r["mean"] for r in results])
     std = torch.cat([r["std"] for r in results])
     class_ids = torch.cat([r["class_ids"] for r in results])
-    bank = StyleBank(mean.shape[1])
+    if args.mode == "global":  # PODA: class-less, every style in the fallback list
+        bank = StyleBank(mean.shape[1], num_classes=0, prompts={"255": args.prompt})
+    else:
+        prompts = {name: f"<one of {len(FAMIX_STYLES)} FAMix styles> {name}" for name in CITYSCAPES_CLASSES}
+        bank = StyleBank(mean.shape[1], prompts={**prompts, "255": "photo"})
+    bank.backbone, bank.layer = args.clip_model, "layer1"
     bank.add(mean, std, class_ids)
-    bank.save(out, metadata={"prompts": prompts.used, "backbone": args.clip_model, "layer": "layer1",
-                             "mode": args.mode, "steps": args.steps, "seed": args.seed})  # fmt: skip
+    bank.save(out)
