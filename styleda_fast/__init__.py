@@ -8,6 +8,7 @@ CPU tensors run fused C++ kernels, CUDA tensors fused Triton kernels; ``backends
 
 from styleda_fast import _ops  # noqa: F401  (registers fake kernels, autograd and CUDA kernels of the operators)
 from styleda_fast._backend import BackendStatus, backends, use_backend
+from styleda_fast.class_stats import class_mean_std, labels_to_size, patch_dominant_class
 from styleda_fast.reference import patch_bounds
 from styleda_fast.style_mix import local_style_mix, patch_mean_std
 
@@ -16,8 +17,11 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendStatus",
     "backends",
+    "class_mean_std",
+    "labels_to_size",
     "local_style_mix",
     "patch_bounds",
+    "patch_dominant_class",
     "patch_mean_std",
     "use_backend",
 ]
