@@ -38,6 +38,13 @@ def _check_labels(labels, name: str = "labels") -> None:
         raise ValueError(f"{name} must have shape (B, H, W), got {labels.dim()} dims (shape {tuple(labels.shape)})")
 
 
+def _check_ignore(ignore_index, num_classes: int) -> int:
+    ignore_index = _check_int(ignore_index, "ignore_index")
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(f"ignore_index must not be a class id in [0, num_classes = {num_classes}), got {ignore_index}")
+    return ignore_index
+
+
 def _bad_label_error(labels: Tensor, num_classes: int, ignore_index: int) -> ValueError:
     lab = labels.long()
     bad = ((lab < 0) | (lab >= num_classes)) & (lab != ignore_index)
@@ -87,7 +94,7 @@ def patch_dominant_class(
     _check_labels(labels)
     gh, gw = normalize_grid(grid, labels.shape[1], labels.shape[2])
     num_classes = _check_int(num_classes, "num_classes", 1)
-    ignore_index = _check_int(ignore_index, "ignore_index")
+    ignore_index = _check_ignore(ignore_index, num_classes)
     if not isinstance(count_ignore, bool):
         raise TypeError(f"count_ignore must be a bool, got {type(count_ignore).__name__}")
     backend = select_backend(labels.device)
@@ -159,7 +166,7 @@ def class_mean_std(
     check_features(x)
     _check_labels(labels)
     num_classes = _check_int(num_classes, "num_classes", 1)
-    ignore_index = _check_int(ignore_index, "ignore_index")
+    ignore_index = _check_ignore(ignore_index, num_classes)
     eps = check_eps(eps)
     if labels.device != x.device:
         raise ValueError(f"labels is on {labels.device} but x is on {x.device}; move them to one device")
@@ -175,8 +182,9 @@ def class_mean_std(
     labels = labels.contiguous()
     backend = select_backend(x.device)
     if backend == "reference":
-        lab = labels.long().masked_fill(labels.long() == ignore_index, -1)
-        return reference.class_mean_std(x.to(acc_dtype(x.dtype)), lab, num_classes, -1, eps)
+        # in float64 (the specification), returned in the kernels' dtype; differentiable through autograd
+        mean, std, count = reference.class_mean_std(x.double(), labels, num_classes, ignore_index, eps)
+        return mean.to(acc_dtype(x.dtype)), std.to(acc_dtype(x.dtype)), count
     if backend == "triton" and x.device.type == "cpu":
         return TritonClassMeanStd.apply(x, labels, num_classes, eps)
     return torch.ops.styleda_fast.class_mean_std(x, labels, num_classes, eps)
