@@ -10,12 +10,14 @@ from styleda_fast import _ops  # noqa: F401  (registers fake kernels, autograd a
 from styleda_fast._backend import BackendStatus, backends, use_backend
 from styleda_fast.class_stats import class_mean_std, labels_to_size, patch_dominant_class
 from styleda_fast.reference import patch_bounds
+from styleda_fast.style_bank import StyleBank
 from styleda_fast.style_mix import local_style_mix, patch_mean_std
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendStatus",
+    "StyleBank",
     "backends",
     "class_mean_std",
     "labels_to_size",
