@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -33,6 +34,8 @@ void check_labels(const at::Tensor& labels, const char* name) {
 }
 
 // ===================================== patch_dominant_class =====================================
+
+constexpr int64_t kPixelsPerThread = 1 << 16;
 
 std::vector<int64_t> bounds(int64_t size, int64_t parts) {
   std::vector<int64_t> b(parts + 1);
@@ -58,7 +61,9 @@ void dominant_class_kernel(const L* labels, int64_t* out, int64_t batch, int64_t
                            std::atomic<bool>& bad_label) {
   const std::vector<int64_t> rows = bounds(height, gh), cols = bounds(width, gw);
   const int64_t slots = num_classes + 1;
-  at::parallel_for(0, batch * gh, 1, [&](int64_t begin, int64_t end) {
+  // Small maps run on one thread: waking the pool costs more than counting a few thousand labels.
+  const int64_t grain = std::max<int64_t>(1, kPixelsPerThread / std::max<int64_t>(1, (height / gh) * width));
+  at::parallel_for(0, batch * gh, grain, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> hist(gw * slots);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / gh, i = task % gh;
@@ -161,7 +166,8 @@ void class_mean_std_kernel(const T* x, const std::vector<std::vector<Run>>& runs
                            at::opmath_type<T>* mean_out, at::opmath_type<T>* std_out, int64_t batch, int64_t channels,
                            int64_t plane, int64_t num_classes, double eps) {
   using A = at::opmath_type<T>;
-  at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, kPixelsPerThread / std::max<int64_t>(1, plane));
+  at::parallel_for(0, batch * channels, grain, [&](int64_t begin, int64_t end) {
     std::vector<double> sum(num_classes), sq(num_classes);
     std::vector<A> mean(num_classes);
     for (int64_t task = begin; task < end; ++task) {

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from styleda_fast import reference
+from styleda_fast.bench_class_stats import class_stats_cases
 from styleda_fast.style_mix import local_style_mix
 
 
@@ -118,7 +119,10 @@ def style_mix_cases(device: torch.device, quick: bool, compile_baseline: bool) -
     return cases
 
 
-CASE_FAMILIES: dict[str, Callable[[torch.device, bool, bool], list[Case]]] = {"style_mix": style_mix_cases}
+CASE_FAMILIES: dict[str, Callable[[torch.device, bool, bool], list[Case]]] = {
+    "style_mix": style_mix_cases,
+    "class_stats": class_stats_cases,
+}
 
 
 def machine_info(device: torch.device) -> dict:
