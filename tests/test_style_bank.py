@@ -224,6 +224,7 @@ class _StoragePayload:
         return (torch.storage._load_from_bytes, (self.data,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_pickles_are_refused_and_never_run(tmp_path):
     marker = tmp_path / "pwned"
     poda = tmp_path / "poda"
