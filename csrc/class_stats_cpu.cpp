@@ -37,6 +37,25 @@ void check_labels(const at::Tensor& labels, const char* name) {
 
 constexpr int64_t kPixelsPerThread = 1 << 16;
 
+// Runs tasks [0, total) on the intra-op threads, handing out chunks of `chunk` tasks from a shared counter
+// (dynamic scheduling). A static split makes the whole call wait for the slowest thread, which on a loaded
+// machine is a thread that the OS has descheduled; here the other threads take its remaining chunks. Each task
+// owns its outputs, so results do not depend on which thread ran it. `body(pull)` runs once per worker with its
+// own scratch; `pull(begin, end)` gives the next chunk, false when none is left.
+template <typename Body>
+void parallel_dynamic(int64_t total, int64_t chunk, const Body& body) {
+  if (total <= 0) return;
+  std::atomic<int64_t> next{0};
+  auto pull = [&](int64_t& begin, int64_t& end) {
+    begin = next.fetch_add(chunk, std::memory_order_relaxed);
+    if (begin >= total) return false;
+    end = std::min(begin + chunk, total);
+    return true;
+  };
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), (total + chunk - 1) / chunk);
+  at::parallel_for(0, std::max<int64_t>(1, workers), 1, [&](int64_t, int64_t) { body(pull); });
+}
+
 std::vector<int64_t> bounds(int64_t size, int64_t parts) {
   std::vector<int64_t> b(parts + 1);
   for (int64_t k = 0; k <= parts; ++k) b[k] = k * size / parts;
@@ -63,9 +82,10 @@ void dominant_class_kernel(const L* labels, int64_t* out, int64_t batch, int64_t
   const int64_t slots = num_classes + 1;
   // Small maps run on one thread: waking the pool costs more than counting a few thousand labels.
   const int64_t grain = std::max<int64_t>(1, kPixelsPerThread / std::max<int64_t>(1, (height / gh) * width));
-  at::parallel_for(0, batch * gh, grain, [&](int64_t begin, int64_t end) {
+  parallel_dynamic(batch * gh, grain, [&](auto& pull) {
     std::vector<int64_t> hist(gw * slots);
-    for (int64_t task = begin; task < end; ++task) {
+    int64_t begin = 0, end = 0;
+    while (pull(begin, end)) for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / gh, i = task % gh;
       std::fill(hist.begin(), hist.end(), 0);
       bool bad = false;
@@ -167,10 +187,11 @@ void class_mean_std_kernel(const T* x, const std::vector<std::vector<Run>>& runs
                            int64_t plane, int64_t num_classes, double eps) {
   using A = at::opmath_type<T>;
   const int64_t grain = std::max<int64_t>(1, kPixelsPerThread / std::max<int64_t>(1, plane));
-  at::parallel_for(0, batch * channels, grain, [&](int64_t begin, int64_t end) {
+  parallel_dynamic(batch * channels, std::max<int64_t>(grain, 4), [&](auto& pull) {
     std::vector<double> sum(num_classes), sq(num_classes);
     std::vector<A> mean(num_classes);
-    for (int64_t task = begin; task < end; ++task) {
+    int64_t begin = 0, end = 0;
+    while (pull(begin, end)) for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / channels, c = task % channels;
       const T* xp = x + task * plane;
       const std::vector<Run>& rs = runs[b];
