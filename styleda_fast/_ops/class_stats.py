@@ -15,6 +15,8 @@ import types
 import torch
 from torch import Tensor
 
+from styleda_fast._backend import _CPP_PROBLEM
+
 _LIB = "styleda_fast"
 
 
@@ -26,7 +28,6 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 # ---------------------------------------------------------------- fake kernels (shapes and dtypes only)
 
 
-@torch.library.register_fake(f"{_LIB}::patch_dominant_class")
 def _patch_dominant_class_fake(labels, grid_h, grid_w, num_classes, ignore_index, count_ignore):
     torch._check(labels.dim() == 3, lambda: f"labels must be (B, H, W), got {labels.dim()} dims")
     torch._check(not labels.is_floating_point(), lambda: f"labels must be integer, got {labels.dtype}")
@@ -34,7 +35,6 @@ def _patch_dominant_class_fake(labels, grid_h, grid_w, num_classes, ignore_index
     return labels.new_empty((labels.shape[0], grid_h, grid_w), dtype=torch.int64)
 
 
-@torch.library.register_fake(f"{_LIB}::class_mean_std")
 def _class_mean_std_fake(x, labels, num_classes, eps):
     torch._check(x.dim() == 4, lambda: f"x must be (B, C, H, W), got {x.dim()} dims")
     torch._check(x.is_floating_point(), lambda: f"x must be floating point, got {x.dtype}")
@@ -87,11 +87,6 @@ def _class_mean_std_backward(ctx, grad_mean, grad_std, _grad_count):
     return class_mean_std_grad_x(grad_mean, grad_std, x, labels, mean, std, count), None, None, None
 
 
-torch.library.register_autograd(
-    f"{_LIB}::class_mean_std", _class_mean_std_backward, setup_context=_class_mean_std_setup
-)
-
-
 # ---------------------------------------------------------------- Triton kernels for CUDA tensors
 
 
@@ -102,20 +97,30 @@ def triton_kernels() -> types.ModuleType:
     return class_stats
 
 
-_OPERATORS = ("patch_dominant_class", "class_mean_std")
-_cuda_library = torch.library.Library(_LIB, "IMPL")
-
-
-def _register_cuda(name: str) -> None:
+def _register_cuda(library: torch.library.Library, name: str) -> None:
     def cuda_kernel(*args):
         return getattr(triton_kernels(), name)(*args)
 
     cuda_kernel.__name__ = f"{name}_cuda"
-    _cuda_library.impl(name, cuda_kernel, "CUDA")
+    library.impl(name, cuda_kernel, "CUDA")
 
 
-for _name in _OPERATORS:
-    _register_cuda(_name)
+def _register() -> torch.library.Library:
+    """Fake kernels, autograd and CUDA kernels of the operators that csrc/class_stats_cpu.cpp defines."""
+    fakes = {"patch_dominant_class": _patch_dominant_class_fake, "class_mean_std": _class_mean_std_fake}
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"{_LIB}::{name}", fake)
+    torch.library.register_autograd(
+        f"{_LIB}::class_mean_std", _class_mean_std_backward, setup_context=_class_mean_std_setup
+    )
+    library = torch.library.Library(_LIB, "IMPL")
+    for name in fakes:
+        _register_cuda(library, name)
+    return library
+
+
+# Without the compiled library the operators do not exist; the public API then runs the reference.
+_LIBRARY = _register() if _CPP_PROBLEM is None else None
 
 
 # ---------------------------------------------------------------- Triton on CPU tensors (interpreter)
