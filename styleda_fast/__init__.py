@@ -8,8 +8,10 @@ CPU tensors run fused C++ kernels, CUDA tensors fused Triton kernels; ``backends
 
 from styleda_fast import _ops  # noqa: F401  (registers fake kernels, autograd and CUDA kernels of the operators)
 from styleda_fast._backend import BackendStatus, backends, use_backend
+from styleda_fast.class_stats import class_mean_std, labels_to_size, patch_dominant_class
 from styleda_fast.prompts import CITYSCAPES_CLASSES, FAMIX_STYLES, IMAGENET_TEMPLATES, famix_descriptions
 from styleda_fast.reference import patch_bounds
+from styleda_fast.style_bank import StyleBank
 from styleda_fast.style_mix import local_style_mix, patch_mean_std
 from styleda_fast.text import clip_cosine_loss, encode_prompts, noisy_style_features, noisy_text_projection
 
@@ -20,14 +22,18 @@ __all__ = [
     "CITYSCAPES_CLASSES",
     "FAMIX_STYLES",
     "IMAGENET_TEMPLATES",
+    "StyleBank",
     "backends",
+    "class_mean_std",
     "clip_cosine_loss",
     "encode_prompts",
     "famix_descriptions",
+    "labels_to_size",
     "local_style_mix",
     "noisy_style_features",
     "noisy_text_projection",
     "patch_bounds",
+    "patch_dominant_class",
     "patch_mean_std",
     "use_backend",
 ]

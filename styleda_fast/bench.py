@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from styleda_fast import reference
+from styleda_fast.bench_class_stats import class_stats_cases
 from styleda_fast.bench_text import text_cases
 from styleda_fast.style_mix import local_style_mix
 
@@ -232,7 +233,9 @@ def format_table(rows: list[dict]) -> str:
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
-    header = f"{'case':28} {'provider':12} {'ms':>9} {'x copy':>7} {'vs eager/public':>15} {'vs compile':>10} {'GB/s':>7}"
+    header = (
+        f"{'case':28} {'provider':12} {'ms':>9} {'x copy':>7} {'vs eager/public':>15} {'vs compile':>10} {'GB/s':>7}"
+    )
     lines = [header] if rows else []
     for r in rows:
         lines.append(
@@ -292,3 +295,4 @@ def run(
 
 
 CASE_FAMILIES["text"] = text_cases  # the text family (styleda_fast/bench_text.py)
+CASE_FAMILIES["class_stats"] = class_stats_cases  # the class-statistics family (styleda_fast/bench_class_stats.py)

@@ -14,6 +14,7 @@ import torch
 
 pytest.importorskip("open_clip")
 from PIL import Image  # noqa: E402
+
 from styleda_fast.style_bank import StyleBank  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,4 +5,4 @@ autograd formula and its CUDA (Triton) kernel. Imported by the package, and by t
 from styleda_fast._backend import _CPP_PROBLEM
 
 if _CPP_PROBLEM is None:
-    from styleda_fast._ops import style_mix, text  # noqa: F401
+    from styleda_fast._ops import class_stats, style_mix, text  # noqa: F401

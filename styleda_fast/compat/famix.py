@@ -13,13 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from styleda_fast.compat.poda import _fused_activation, apply_activation, calc_mean_std
+from styleda_fast.prompts import CITYSCAPES_CLASSES
 from styleda_fast.reference import patch_bounds
 from styleda_fast.style_mix import local_style_mix
 
-CITYSCAPES_NAMES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)  # fmt: skip
+CITYSCAPES_NAMES = CITYSCAPES_CLASSES
 
 
 def _equal_patches(features: Tensor, div: int) -> tuple[list[int], list[int]]:

@@ -1,0 +1,141 @@
+"""Registration of the class-statistics operators: fake kernels, autograd, and the Triton kernels for CUDA.
+
+The kernels live in csrc/class_stats_cpu.cpp (CPU) and styleda_fast/_triton/class_stats.py (CUDA).
+
+``class_mean_std`` is differentiable with respect to ``x``. Its backward is a few plain tensor operations
+(gathering each pixel's per-class coefficients), so it runs on every device and traces under ``torch.compile``:
+``d mean/dx = 1/n`` and ``d std/dx = (x - mean) / ((n - 1) * std)`` for the pixels of the class (0 for classes
+with fewer than 2 pixels, whose variance is defined as 0). ``patch_dominant_class`` is integer-valued: no gradient.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+from torch import Tensor
+
+from styleda_fast._backend import _CPP_PROBLEM
+
+_LIB = "styleda_fast"
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 inputs, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------- fake kernels (shapes and dtypes only)
+
+
+def _patch_dominant_class_fake(labels, grid_h, grid_w, num_classes, ignore_index, count_ignore):
+    torch._check(labels.dim() == 3, lambda: f"labels must be (B, H, W), got {labels.dim()} dims")
+    torch._check(not labels.is_floating_point(), lambda: f"labels must be integer, got {labels.dtype}")
+    torch._check(1 <= grid_h <= labels.shape[1] and 1 <= grid_w <= labels.shape[2], lambda: "grid must fit labels")
+    return labels.new_empty((labels.shape[0], grid_h, grid_w), dtype=torch.int64)
+
+
+def _class_mean_std_fake(x, labels, num_classes, eps):
+    torch._check(x.dim() == 4, lambda: f"x must be (B, C, H, W), got {x.dim()} dims")
+    torch._check(x.is_floating_point(), lambda: f"x must be floating point, got {x.dtype}")
+    torch._check(labels.dim() == 3, lambda: "labels must be (B, H, W)")
+    torch._check(
+        labels.shape[0] == x.shape[0] and labels.shape[1] == x.shape[2] and labels.shape[2] == x.shape[3],
+        lambda: "labels must match x's (B, H, W)",
+    )
+    mean = x.new_empty((x.shape[0], num_classes, x.shape[1]), dtype=acc_dtype(x.dtype))
+    return mean, torch.empty_like(mean), x.new_empty((x.shape[0], num_classes), dtype=torch.int64)
+
+
+# ---------------------------------------------------------------- autograd of class_mean_std
+
+
+def class_mean_std_grad_x(grad_mean, grad_std, x, labels, mean, std, count) -> Tensor:
+    """Gradient of ``class_mean_std`` with respect to ``x (B, C, H, W)`` from the gradients of mean and std
+    ``(B, K, C)``. Pixels whose label is outside ``[0, K)`` get 0."""
+    B, C, H, W = x.shape
+    K = mean.shape[1]
+    n = count.to(mean.dtype)[:, :, None]  # (B, K, 1)
+    zeros = torch.zeros_like(mean)
+    a = torch.where(n > 0, grad_mean / n.clamp_min(1), zeros) if grad_mean is not None else zeros
+    if grad_std is not None:
+        c = torch.where(n > 1, grad_std / ((n - 1).clamp_min(1) * std), zeros)
+    else:
+        c = zeros
+    pad = mean.new_zeros(B, 1, C)  # slot K: the skipped pixels
+    a, c, m = (torch.cat([t, pad], 1) for t in (a, c, mean))
+    lab = labels.long().reshape(B, H * W)
+    slot = torch.where((lab >= 0) & (lab < K), lab, torch.full_like(lab, K))
+    index = slot[:, :, None].expand(B, H * W, C)
+
+    def per_pixel(t):  # (B, K+1, C) -> (B, C, H, W)
+        return t.gather(1, index).transpose(1, 2).reshape(B, C, H, W)
+
+    xa = x.to(mean.dtype)
+    return (per_pixel(a) + per_pixel(c) * (xa - per_pixel(m))).to(x.dtype)
+
+
+def _class_mean_std_setup(ctx, inputs, output):
+    x, labels, _num_classes, _eps = inputs
+    ctx.save_for_backward(x, labels, *output)
+
+
+def _class_mean_std_backward(ctx, grad_mean, grad_std, _grad_count):
+    x, labels, mean, std, count = ctx.saved_tensors
+    if not ctx.needs_input_grad[0] or (grad_mean is None and grad_std is None):
+        return None, None, None, None
+    return class_mean_std_grad_x(grad_mean, grad_std, x, labels, mean, std, count), None, None, None
+
+
+# ---------------------------------------------------------------- Triton kernels for CUDA tensors
+
+
+def triton_kernels() -> types.ModuleType:
+    """The Triton launchers (imported on first use: importing triton takes a while)."""
+    from styleda_fast._triton import class_stats
+
+    return class_stats
+
+
+def _register_cuda(library: torch.library.Library, name: str) -> None:
+    def cuda_kernel(*args):
+        return getattr(triton_kernels(), name)(*args)
+
+    cuda_kernel.__name__ = f"{name}_cuda"
+    library.impl(name, cuda_kernel, "CUDA")
+
+
+def _register() -> torch.library.Library:
+    """Fake kernels, autograd and CUDA kernels of the operators that csrc/class_stats_cpu.cpp defines."""
+    fakes = {"patch_dominant_class": _patch_dominant_class_fake, "class_mean_std": _class_mean_std_fake}
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"{_LIB}::{name}", fake)
+    torch.library.register_autograd(
+        f"{_LIB}::class_mean_std", _class_mean_std_backward, setup_context=_class_mean_std_setup
+    )
+    library = torch.library.Library(_LIB, "IMPL")
+    for name in fakes:
+        _register_cuda(library, name)
+    return library
+
+
+# Without the compiled library the operators do not exist; the public API then runs the reference.
+_LIBRARY = _register() if _CPP_PROBLEM is None else None
+
+
+# ---------------------------------------------------------------- Triton on CPU tensors (interpreter)
+
+
+class TritonClassMeanStd(torch.autograd.Function):
+    """class_mean_std through the Triton launchers directly: for CPU tensors under TRITON_INTERPRET=1."""
+
+    @staticmethod
+    def forward(ctx, x, labels, num_classes, eps):
+        mean, std, count = triton_kernels().class_mean_std(x, labels, num_classes, eps)
+        ctx.save_for_backward(x, labels, mean, std, count)
+        ctx.mark_non_differentiable(count)
+        return mean, std, count
+
+    @staticmethod
+    def backward(ctx, grad_mean, grad_std, _grad_count):
+        return _class_mean_std_backward(ctx, grad_mean, grad_std, None)

@@ -1,0 +1,199 @@
+"""Triton kernels of the class-statistics family: dominant class per patch and per-class feature statistics.
+
+Both count and sum per class without atomics and without ``tl.histogram`` (which the interpreter and GPUs have
+disagreed on): a block of ``BLOCK`` pixels is compared with the ``KP`` class slots at once (a ``(KP, BLOCK)``
+boolean matrix) and reduced along the pixels. Integer counts and fixed reduction orders make the results
+deterministic.
+
+* ``patch_dominant_class``: each patch is cut into chunks; program ``(patch, chunk)`` writes the chunk's histogram
+  to a scratch buffer, and a second kernel sums the chunks of a patch and votes (most votes, ties to the smallest
+  value). The split gives a GPU enough programs for 8 label maps of 768x768 (72 patches).
+* ``class_mean_std``: one program per (image, channel) plane, two passes (class means, then centered squares; the
+  second read of a 147 KB plane comes from L2), in float32 (float64 for float64 inputs).
+
+Labels outside ``[0, K)`` and not the ignore value match no slot, so they are never used as an address; the public
+API rejects them before launching.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _patch_histogram_kernel(
+    labels_ptr,
+    hist_ptr,
+    H,
+    W,
+    GH,
+    GW,
+    K,
+    ignore_index,
+    chunk,
+    n_chunks,
+    KP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)  # (image, patch)
+    s = tl.program_id(1).to(tl.int64)  # chunk of the patch
+    b = pid // (GH * GW)
+    p = pid % (GH * GW)
+    i = p // GW
+    j = p % GW
+    r0 = (i * H) // GH
+    r1 = ((i + 1) * H) // GH
+    c0 = (j * W) // GW
+    c1 = ((j + 1) * W) // GW
+    pw = c1 - c0
+    n_pix = (r1 - r0) * pw
+    start = s * chunk
+    stop = tl.minimum(start + chunk, n_pix)
+    slots = tl.arange(0, KP)
+    counts = tl.zeros((KP,), dtype=tl.int32)
+    base = labels_ptr + b * H * W
+    for off in range(start, stop, BLOCK):
+        idx = off + tl.arange(0, BLOCK).to(tl.int64)
+        mask = idx < stop
+        r = r0 + idx // pw
+        c = c0 + idx % pw
+        lab = tl.load(base + r * W + c, mask=mask, other=0).to(tl.int64)
+        slot = tl.where(lab == ignore_index, K, tl.where((lab >= 0) & (lab < K), lab, -1))
+        slot = tl.where(mask, slot, -1)
+        eq = slots[:, None] == slot[None, :]
+        counts += tl.sum(eq.to(tl.int32), axis=1)
+    tl.store(hist_ptr + (pid * n_chunks + s) * KP + slots, counts)
+
+
+@triton.jit
+def _vote_kernel(hist_ptr, out_ptr, K, ignore_index, n_chunks, COUNT_IGNORE: tl.constexpr, KP: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    slots = tl.arange(0, KP)
+    counts = tl.zeros((KP,), dtype=tl.int32)
+    for s in range(0, n_chunks):
+        counts += tl.load(hist_ptr + (pid * n_chunks + s) * KP + slots)
+    voting = slots < K + 1 if COUNT_IGNORE else slots < K
+    counts = tl.where(voting, counts, -1)
+    values = tl.where(slots == K, ignore_index, slots.to(tl.int64))
+    best = tl.max(counts, axis=0)
+    big = 9223372036854775807
+    winner = tl.min(tl.where(counts == best, values, big), axis=0)
+    winner = tl.where(best > 0, winner, ignore_index)
+    tl.store(out_ptr + pid, winner)
+
+
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 2))
+
+
+def patch_dominant_class(
+    labels: torch.Tensor, grid_h: int, grid_w: int, num_classes: int, ignore_index: int, count_ignore: bool
+) -> torch.Tensor:
+    """Launcher: ``labels (B, H, W)`` integer -> ``(B, gh, gw)`` int64 (see the operator's schema comment)."""
+    labels = labels.contiguous()
+    B, H, W = labels.shape
+    KP = _pow2(num_classes + 1)
+    BLOCK = max(64, min(1024, 16384 // KP))
+    max_pixels = -(-H // grid_h) * -(-W // grid_w)
+    chunk = max(BLOCK, triton.cdiv(triton.cdiv(max_pixels, 16), BLOCK) * BLOCK)  # up to 16 chunks per patch
+    n_chunks = triton.cdiv(max_pixels, chunk)
+    patches = B * grid_h * grid_w
+    hist = torch.empty((patches, n_chunks, KP), dtype=torch.int32, device=labels.device)
+    out = torch.empty((B, grid_h, grid_w), dtype=torch.int64, device=labels.device)
+    if patches == 0:
+        return out
+    _patch_histogram_kernel[(patches, n_chunks)](
+        labels, hist, H, W, grid_h, grid_w, num_classes, ignore_index, chunk, n_chunks, KP=KP, BLOCK=BLOCK
+    )
+    _vote_kernel[(patches,)](hist, out, num_classes, ignore_index, n_chunks, COUNT_IGNORE=bool(count_ignore), KP=KP)
+    return out
+
+
+@triton.jit
+def _class_mean_std_kernel(
+    x_ptr,
+    labels_ptr,
+    mean_ptr,
+    std_ptr,
+    count_ptr,
+    C,
+    N,
+    K,
+    eps,
+    KP: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)  # (image, channel)
+    b = pid // C
+    c = pid % C
+    xp = x_ptr + pid * N
+    lp = labels_ptr + b * N
+    slots = tl.arange(0, KP)
+    sums = tl.zeros((KP,), dtype=ACC)
+    counts = tl.zeros((KP,), dtype=tl.int32)
+    for off in range(0, N, BLOCK):
+        idx = off + tl.arange(0, BLOCK).to(tl.int64)
+        mask = idx < N
+        lab = tl.load(lp + idx, mask=mask, other=-1).to(tl.int64)
+        slot = tl.where(mask & (lab >= 0) & (lab < K), lab, -1)
+        xv = tl.load(xp + idx, mask=mask, other=0).to(ACC)
+        eq = slots[:, None] == slot[None, :]
+        sums += tl.sum(tl.where(eq, xv[None, :], 0.0), axis=1)
+        counts += tl.sum(eq.to(tl.int32), axis=1)
+    n = counts.to(ACC)
+    mean = tl.where(counts > 0, sums / tl.maximum(n, 1.0), 0.0)
+    sq = tl.zeros((KP,), dtype=ACC)
+    for off in range(0, N, BLOCK):
+        idx = off + tl.arange(0, BLOCK).to(tl.int64)
+        mask = idx < N
+        lab = tl.load(lp + idx, mask=mask, other=-1).to(tl.int64)
+        slot = tl.where(mask & (lab >= 0) & (lab < K), lab, -1)
+        xv = tl.load(xp + idx, mask=mask, other=0).to(ACC)
+        eq = slots[:, None] == slot[None, :]
+        pixel_mean = tl.sum(tl.where(eq, mean[:, None], 0.0), axis=0)
+        d = tl.where(slot >= 0, xv - pixel_mean, 0.0)
+        sq += tl.sum(tl.where(eq, (d * d)[None, :], 0.0), axis=1)
+    var = tl.where(counts > 1, sq / tl.maximum(n - 1.0, 1.0), 0.0)
+    std = tl.where(counts > 0, tl.sqrt(var + eps), 0.0)
+    keep = slots < K
+    out = (b * K + slots) * C + c
+    tl.store(mean_ptr + out, mean, mask=keep)
+    tl.store(std_ptr + out, std, mask=keep)
+    tl.store(count_ptr + b * K + slots, counts.to(tl.int64), mask=keep & (c == 0))
+
+
+def class_mean_std(
+    x: torch.Tensor, labels: torch.Tensor, num_classes: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launcher: ``x (B, C, H, W)``, ``labels (B, H, W)`` -> ``mean (B, K, C)``, ``std (B, K, C)``,
+    ``count (B, K)`` int64. Pixels whose label is outside ``[0, K)`` are skipped."""
+    x = x.contiguous()
+    labels = labels.contiguous()
+    B, C, H, W = x.shape
+    K = num_classes
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mean = torch.empty((B, K, C), dtype=acc, device=x.device)
+    std = torch.empty_like(mean)
+    count = torch.zeros((B, K), dtype=torch.int64, device=x.device)
+    if B * C == 0:
+        return mean.zero_(), std.zero_(), count
+    KP = _pow2(K)
+    BLOCK = max(16, min(1024, 8192 // KP))
+    _class_mean_std_kernel[(B * C,)](
+        x,
+        labels,
+        mean,
+        std,
+        count,
+        C,
+        H * W,
+        K,
+        float(eps),
+        KP=KP,
+        BLOCK=BLOCK,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32,
+    )
+    return mean, std, count

@@ -1,0 +1,190 @@
+"""Public API of the class-statistics family (SPEC 3): each patch's dominant class, per-class feature statistics,
+and bringing label maps to the feature resolution.
+
+FAMix's whole training-step augmentation is three calls (``bank`` a :class:`styleda_fast.StyleBank`)::
+
+    classes = patch_dominant_class(labels, grid=3)                  # (B, 3, 3) int64, at image resolution
+    style_mean, style_std = bank.sample_grid(classes, generator=g)  # (B, C, 3, 3) each
+    y = local_style_mix(x, style_mean, style_std, grid=3, mix=beta_weights)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from styleda_fast import reference_class_stats as reference
+from styleda_fast._backend import select_backend
+from styleda_fast._checks import check_eps, check_features, normalize_grid
+from styleda_fast._ops.class_stats import TritonClassMeanStd, acc_dtype, triton_kernels
+
+_BAD_LABEL = "labels has a value outside"
+
+
+def _check_int(value, name: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_labels(labels, name: str = "labels") -> None:
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (train ids), got {labels.dtype}")
+    if labels.dim() != 3:
+        raise ValueError(f"{name} must have shape (B, H, W), got {labels.dim()} dims (shape {tuple(labels.shape)})")
+
+
+def _check_ignore(ignore_index, num_classes: int) -> int:
+    ignore_index = _check_int(ignore_index, "ignore_index")
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(f"ignore_index must not be a class id in [0, num_classes = {num_classes}), got {ignore_index}")
+    return ignore_index
+
+
+def _bad_label_error(labels: Tensor, num_classes: int, ignore_index: int) -> ValueError:
+    lab = labels.long()
+    bad = ((lab < 0) | (lab >= num_classes)) & (lab != ignore_index)
+    where = tuple(int(i) for i in torch.nonzero(bad)[0]) if bad.any() else None
+    value = f": {int(lab[where])} at {where}" if where is not None else ""
+    return ValueError(
+        f"labels must hold train ids in [0, num_classes = {num_classes}) or ignore_index = {ignore_index}; "
+        f"found {int(bad.sum())} other value(s){value}"
+    )
+
+
+def check_label_values(labels: Tensor, num_classes: int, ignore_index: int) -> None:
+    """Raise ``ValueError`` if a label is outside ``[0, num_classes)`` and not ``ignore_index``."""
+    if labels.numel() == 0:
+        return
+    low, high = torch.aminmax(labels)
+    low, high = int(low), int(high)
+    if low >= 0 and high < num_classes:
+        return
+    lab = labels.long()
+    if bool((((lab < 0) | (lab >= num_classes)) & (lab != ignore_index)).any()):
+        raise _bad_label_error(labels, num_classes, ignore_index)
+
+
+def patch_dominant_class(
+    labels: Tensor,
+    grid: int | tuple[int, int] = 3,
+    *,
+    num_classes: int = 19,
+    ignore_index: int = 255,
+    count_ignore: bool = True,
+) -> Tensor:
+    """Dominant class (mode of the labels) of each patch of a ``gh x gw`` grid, per image (SPEC 3).
+
+    Args:
+        labels: ``(B, H, W)`` integer train ids (any integer dtype, any resolution, e.g. 768x768), each in
+            ``[0, num_classes)`` or equal to ``ignore_index``; anything else raises ``ValueError``.
+        grid: ``g`` or ``(gh, gw)``; patch ``(i, j)`` covers rows ``floor(i*H/gh)..floor((i+1)*H/gh)`` and columns
+            likewise (SPEC 2b), so any ``H >= gh``, ``W >= gw`` works.
+        num_classes: number of classes ``K`` (19 for Cityscapes).
+        ignore_index: the unlabelled value (255).
+        count_ignore: ``True`` (FAMix): the ignore value votes like a class, so a mostly unlabelled patch gets
+            ``ignore_index``. ``False``: only labelled pixels vote; a patch without any gets ``ignore_index``.
+    Returns:
+        ``(B, gh, gw)`` int64 on labels' device: the most frequent value of each patch, ties to the smallest value.
+    """
+    _check_labels(labels)
+    gh, gw = normalize_grid(grid, labels.shape[1], labels.shape[2])
+    num_classes = _check_int(num_classes, "num_classes", 1)
+    ignore_index = _check_ignore(ignore_index, num_classes)
+    if not isinstance(count_ignore, bool):
+        raise TypeError(f"count_ignore must be a bool, got {type(count_ignore).__name__}")
+    backend = select_backend(labels.device)
+    if backend == "cpp":
+        # The C++ kernel checks every label as it counts (bounds-checked, never used as an address unchecked), so
+        # the map is read once; its error becomes the same ValueError as the tensor check of other backends.
+        try:
+            return torch.ops.styleda_fast.patch_dominant_class(labels, gh, gw, num_classes, ignore_index, count_ignore)
+        except RuntimeError as exc:
+            if _BAD_LABEL in str(exc):
+                raise _bad_label_error(labels, num_classes, ignore_index) from None
+            raise
+    check_label_values(labels, num_classes, ignore_index)
+    if backend == "reference":
+        return reference.patch_dominant_class_bincount(labels, (gh, gw), num_classes, ignore_index, count_ignore)
+    if labels.device.type == "cpu":  # Triton on CPU tensors (interpreter)
+        return triton_kernels().patch_dominant_class(labels, gh, gw, num_classes, ignore_index, count_ignore)
+    return torch.ops.styleda_fast.patch_dominant_class(labels, gh, gw, num_classes, ignore_index, count_ignore)
+
+
+def labels_to_size(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of a label map ``(B, Hl, Wl)`` to ``size = (H, W)`` (e.g. the feature resolution).
+
+    Output pixel ``(h, w)`` takes input pixel ``(floor(h*Hl/H), floor(w*Wl/W))`` in exact integer arithmetic (what
+    ``F.interpolate(mode="nearest")`` computes in floating point); 768 -> 192 takes every 4th pixel. Returns
+    ``(B, H, W)`` in labels' dtype; labels itself when the size already matches.
+    """
+    _check_labels(labels)
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)
+    ):
+        raise ValueError(f"size must be a pair of positive ints (H, W), got {size!r}")
+    H, W = size
+    Hl, Wl = labels.shape[1:]
+    if (H, W) == (Hl, Wl):
+        return labels
+    rows = torch.arange(H, device=labels.device) * Hl // H
+    cols = torch.arange(W, device=labels.device) * Wl // W
+    return labels.index_select(1, rows).index_select(2, cols)
+
+
+def class_mean_std(
+    x: Tensor,
+    labels: Tensor,
+    num_classes: int = 19,
+    *,
+    ignore_index: int = 255,
+    eps: float = 1e-5,
+    resize_labels: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean and standard deviation of each channel over the pixels of each class, per image (SPEC 1 per class).
+
+    Args:
+        x: ``(B, C, H, W)`` float16/bfloat16/float32/float64 features.
+        labels: ``(B, H, W)`` integer train ids at the feature resolution, each in ``[0, num_classes)`` or equal to
+            ``ignore_index`` (skipped); anything else raises ``ValueError``. With ``resize_labels=True`` any
+            resolution is accepted and brought to ``(H, W)`` with :func:`labels_to_size` (nearest).
+        num_classes: number of classes ``K``.
+        ignore_index: the unlabelled value.
+        eps: added to the variance: ``std = sqrt(var_unbiased + eps)``.
+    Returns:
+        ``(mean, std, count)``: ``mean`` and ``std`` are ``(B, K, C)`` in float32 (float64 for float64 ``x``),
+        ``count`` is ``(B, K)`` int64, the pixels of each class. Classes with fewer than 2 pixels: one pixel has
+        variance 0 (``mean`` = its value, ``std = sqrt(eps)``); an absent class has ``mean = std = 0``.
+        Statistics are two-pass (no ``E[x^2] - E[x]^2``) and deterministic. Differentiable with respect to ``x``.
+    """
+    check_features(x)
+    _check_labels(labels)
+    num_classes = _check_int(num_classes, "num_classes", 1)
+    ignore_index = _check_ignore(ignore_index, num_classes)
+    eps = check_eps(eps)
+    if labels.device != x.device:
+        raise ValueError(f"labels is on {labels.device} but x is on {x.device}; move them to one device")
+    if resize_labels:
+        labels = labels_to_size(labels, (x.shape[2], x.shape[3]))
+    if labels.shape != (x.shape[0], x.shape[2], x.shape[3]):
+        raise ValueError(
+            f"labels must have shape (B, H, W) = {(x.shape[0], x.shape[2], x.shape[3])} to match x, got "
+            f"{tuple(labels.shape)}; pass resize_labels=True or use labels_to_size() for image-resolution labels"
+        )
+    check_label_values(labels, num_classes, ignore_index)
+    x = x.contiguous()
+    labels = labels.contiguous()
+    backend = select_backend(x.device)
+    if backend == "reference":
+        # in float64 (the specification), returned in the kernels' dtype; differentiable through autograd
+        mean, std, count = reference.class_mean_std(x.double(), labels, num_classes, ignore_index, eps)
+        return mean.to(acc_dtype(x.dtype)), std.to(acc_dtype(x.dtype)), count
+    if backend == "triton" and x.device.type == "cpu":
+        return TritonClassMeanStd.apply(x, labels, num_classes, eps)
+    return torch.ops.styleda_fast.class_mean_std(x, labels, num_classes, eps)
