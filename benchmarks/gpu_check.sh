@@ -14,21 +14,27 @@ step machine
 cat "$OUT/machine.txt" | tail -3
 
 step build
-timeout 240 python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { echo "build failed"; tail -20 "$OUT/build.log"; status=1; }
+timeout 150 python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { echo "build failed"; tail -20 "$OUT/build.log"; status=1; }
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-step "kernel checks"
-timeout 150 python benchmarks/gpu_check.py --out "$OUT" > "$OUT/check.log" 2>&1 || status=1
+step "kernel checks: style mix"
+timeout 90 python benchmarks/gpu_check.py --out "$OUT" > "$OUT/check.log" 2>&1 || status=1
 tail -3 "$OUT/check.log"; grep FAIL "$OUT/check.log" | head -20
+
+step "kernel checks: class statistics"
+timeout 60 python benchmarks/gpu_check_class_stats.py --out "$OUT/class_stats" > "$OUT/check_class_stats.log" 2>&1 || status=1
+tail -3 "$OUT/check_class_stats.log"; grep FAIL "$OUT/check_class_stats.log" | head -20
 
 if python -c "import pytest, hypothesis" 2>/dev/null; then
   step "pytest (GPU)"
-  timeout 120 python -m pytest tests -q -x -p no:cacheprovider -k "triton" > "$OUT/pytest.log" 2>&1 || status=1
+  timeout 90 python -m pytest tests -q -x -p no:cacheprovider -k "triton" > "$OUT/pytest.log" 2>&1 || status=1
   tail -3 "$OUT/pytest.log"
 fi
 
 step benchmark
-timeout 200 python -m styleda_fast.cli bench --device cuda --out "$OUT" > "$OUT/bench.log" 2>&1 || status=1
+timeout 120 python -m styleda_fast.cli bench --device cuda --family style_mix --out "$OUT/style_mix" > "$OUT/bench.log" 2>&1 || status=1
+timeout 60 python -m styleda_fast.cli bench --device cuda --family famix_step --family class_stats --family text \
+  --no-compile --out "$OUT/others" >> "$OUT/bench.log" 2>&1 || status=1
 cat "$OUT/bench.log"
 step "done (status $status)"
 exit $status
