@@ -296,3 +296,12 @@ def run(
 
 CASE_FAMILIES["text"] = text_cases  # the text family (styleda_fast/bench_text.py)
 CASE_FAMILIES["class_stats"] = class_stats_cases  # the class-statistics family (styleda_fast/bench_class_stats.py)
+
+
+def _mining_cases(device, quick, compile_baseline):
+    from styleda_fast.bench_mining import mining_cases
+
+    return mining_cases(device, quick, compile_baseline)
+
+
+CASE_FAMILIES["mining"] = _mining_cases  # styles per second of style mining (styleda_fast/bench_mining.py)

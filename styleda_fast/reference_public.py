@@ -86,3 +86,33 @@ def famix_step_public(features: Tensor, labels: Tensor, saved_params: dict, s: T
     """One FAMix training step's augmentation, end to end, as the public code does it."""
     most_list = dominant_classes_public(labels, 3, class_names)
     return famix_transfer(features, most_list, saved_params, s, rng)
+
+
+def pin_mining_loop(visual, content: Tensor, targets: Tensor, steps: int, clamp_std: bool = True,
+                    detach_norm: bool = True, lr: float = 1.0, pool_to: int | None = 56):  # fmt: skip
+    """The public PIN optimization (SPEC 5) for one public batch, the loss averaged over the batch.
+
+    ``visual`` is an open_clip ModifiedResNet (its layer2..layer4 and attention pool run on the styled features).
+    Returns the mined ``(mean, std)``, each ``(N, C)``.
+    """
+    import torch.nn.functional as F
+
+    mean0, std0 = calc_mean_std(content)
+    normalized = (content - mean0) / std0
+    style_mean = torch.nn.Parameter(mean0.clone())
+    style_std = torch.nn.Parameter(std0.clone())
+    optimizer = torch.optim.SGD([style_mean, style_std], lr=lr, momentum=0.9, weight_decay=1e-4)
+    for _ in range(steps):
+        if clamp_std:
+            style_std.data.clamp_(min=0)
+        features = torch.relu(normalized * style_std + style_mean)
+        if pool_to is not None:
+            features = F.adaptive_avg_pool2d(features, pool_to)
+        z = visual.attnpool(visual.layer4(visual.layer3(visual.layer2(features))))
+        if detach_norm:
+            z = z / z.norm(dim=-1, keepdim=True).clone().detach()
+        loss = (1 - torch.cosine_similarity(targets, z, dim=1)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return style_mean.detach().flatten(1), style_std.detach().flatten(1)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 open_clip = pytest.importorskip("open_clip")
 
-from styleda_fast import reference  # noqa: E402
+from styleda_fast import reference_public as public  # noqa: E402
 from styleda_fast.mining import clip_image_head, clip_image_tail, mine_styles  # noqa: E402
 
 
@@ -20,25 +20,7 @@ def rn50():
 
 
 def public_pin_loop(visual, content, targets, steps, clamp_std, detach_norm=True, lr=1.0):
-    """The public PIN optimization written from SPEC 5, one public batch (loss averaged over the batch)."""
-    mean0, std0 = reference.patch_mean_std_loop(content, (1, 1))
-    xn = (content - mean0) / std0
-    style_mean = torch.nn.Parameter(mean0.clone())
-    style_std = torch.nn.Parameter(std0.clone())
-    optimizer = torch.optim.SGD([style_mean, style_std], lr=lr, momentum=0.9, weight_decay=1e-4)
-    for _ in range(steps):
-        if clamp_std:
-            style_std.data.clamp_(min=0)
-        features = torch.relu(xn * style_std + style_mean)
-        features = F.adaptive_avg_pool2d(features, 56)
-        z = visual.attnpool(visual.layer4(visual.layer3(visual.layer2(features))))
-        if detach_norm:
-            z = z / z.norm(dim=-1, keepdim=True).clone().detach()
-        loss = (1 - torch.cosine_similarity(targets, z, dim=1)).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return style_mean.detach().flatten(1), style_std.detach().flatten(1)
+    return public.pin_mining_loop(visual, content, targets, steps, clamp_std, detach_norm, lr)
 
 
 def _items(n, size=20, seed=0):

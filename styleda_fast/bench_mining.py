@@ -1,0 +1,39 @@
+"""Benchmark family ``mining``: styles mined per second by the public PIN loop (one small batch per loop, as the
+public code runs it, anomaly detection off) and by ``mine_styles`` batching many of those loops into one.
+Random-weight open_clip RN50, 64x64 layer1 patches (pooled to 56x56), a few steps."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from styleda_fast.bench import Case
+
+
+def mining_cases(device: torch.device, quick: bool, compile_baseline: bool) -> list[Case]:
+    import open_clip
+
+    from styleda_fast.mining import clip_image_tail, mine_styles
+    from styleda_fast.reference_public import pin_mining_loop
+
+    torch.manual_seed(0)
+    visual = open_clip.create_model("RN50", pretrained=None).visual.to(device).eval()
+    for p in visual.parameters():
+        p.requires_grad_(False)
+    loops, per_loop, steps = (2, 2, 1) if quick else (8, 6, 2)  # FAMix mines ~6 patches (classes) per batch
+    gen = torch.Generator().manual_seed(0)
+    content = torch.relu(torch.randn(loops * per_loop, 256, 64, 64, generator=gen) * 0.5 + 0.2).to(device)
+    targets = F.normalize(torch.randn(loops * per_loop, 1024, generator=gen), dim=-1).to(device)
+    tail = clip_image_tail(visual)
+
+    def public():
+        for k in range(loops):
+            rows = slice(k * per_loop, (k + 1) * per_loop)
+            pin_mining_loop(visual, content[rows], targets[rows], steps, clamp_std=False)
+
+    def ours():
+        mine_styles(tail, content, targets, steps=steps, clamp_std=False, reference_batch_size=per_loop)
+
+    providers = {"public": public, "ours": ours}
+    name = f"mine {loops}x{per_loop} patches, {steps} steps"
+    return [Case("mining", name, str(tuple(content.shape)), 0, providers, ratio_to="public")]
