@@ -1,5 +1,6 @@
 """Benchmark family ``mining``: styles mined per second by the public PIN loop (one small batch per loop, as the
-public code runs it, anomaly detection off) and by ``mine_styles`` batching many of those loops into one.
+public code runs it, anomaly detection off) and by ``mine_styles`` mining all those loops' items in one call
+(same styles), in float32 and with the encoder tail under bfloat16 autocast (``ours bf16``, other numerics).
 Random-weight open_clip RN50, 64x64 layer1 patches (pooled to 56x56), a few steps."""
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ def mining_cases(device: torch.device, quick: bool, compile_baseline: bool) -> l
             rows = slice(k * per_loop, (k + 1) * per_loop)
             pin_mining_loop(visual, content[rows], targets[rows], steps, clamp_std=False)
 
-    def ours():
-        mine_styles(tail, content, targets, steps=steps, clamp_std=False, reference_batch_size=per_loop)
+    def ours(autocast_dtype=None):
+        mine_styles(tail, content, targets, steps=steps, clamp_std=False, reference_batch_size=per_loop,
+                    autocast_dtype=autocast_dtype)  # fmt: skip
 
-    providers = {"public": public, "ours": ours}
+    providers = {"public": public, "ours": ours, "ours bf16": lambda: ours(torch.bfloat16)}
     name = f"mine {loops}x{per_loop} patches, {steps} steps"
     return [Case("mining", name, str(tuple(content.shape)), 0, providers, ratio_to="public")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,3 +97,20 @@ def test_bad_arguments():
         mine_styles(tail, content, targets, reference_batch_size=0)
     with pytest.raises(ValueError, match="content"):
         mine_styles(tail, content[0], targets)
+
+
+@pytest.mark.parametrize("fold_batchnorm", [False, True])
+def test_tail_equals_the_encoder_layers(rn50, fold_batchnorm):
+    """Folded BatchNorms (with non-trivial running statistics), matrix pooling and the first-token attention
+    pool give the encoder's own embedding."""
+    visual = copy.deepcopy(rn50.visual)
+    gen = torch.Generator().manual_seed(3)
+    for m in visual.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    features = torch.relu(torch.randn(2, 256, 61, 64, generator=gen))
+    with torch.no_grad():
+        expected = visual.attnpool(visual.layer4(visual.layer3(visual.layer2(F.adaptive_avg_pool2d(features, 56)))))
+        actual = clip_image_tail(visual, fold_batchnorm=fold_batchnorm)(features)
+    _assert_rel(actual, expected, 1e-5, "embedding")
