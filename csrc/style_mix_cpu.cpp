@@ -69,104 +69,6 @@ void check_patch_param(const at::Tensor& p, const char* name, const PatchGrid& g
 template <typename T>
 using acc_t = at::opmath_type<T>;
 
-template <typename A>
-inline A activate(A z, bool relu) {
-  return (relu && z < A(0)) ? A(0) : z;  // keeps NaN (NaN < 0 is false), like torch.relu
-}
-
-// ---- row kernels: n contiguous elements, each with its own parameters (a column of an NCHW patch row, or a
-// channel of an NHWC pixel). Accumulating lane-wise into arrays (no horizontal sum per row) keeps the loops
-// long and fully vectorized; the arrays are reduced to per-patch double sums once per block of rows. ----
-
-template <typename T>
-inline void accumulate(acc_t<T>* __restrict acc, const T* x, int64_t n) {
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) acc[k] += static_cast<acc_t<T>>(x[k]);
-}
-
-template <typename T>
-inline void accumulate_centered_squares(acc_t<T>* __restrict acc, const T* x, const acc_t<T>* __restrict mean,
-                                        int64_t n) {
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) {
-    const acc_t<T> d = static_cast<acc_t<T>>(x[k]) - mean[k];
-    acc[k] += d * d;
-  }
-}
-
-template <typename T>
-inline void affine(T* out, const T* x, const acc_t<T>* __restrict mean, const acc_t<T>* __restrict scale,
-                   const acc_t<T>* __restrict shift, int64_t n, bool relu) {
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k)
-    out[k] = static_cast<T>(activate((static_cast<acc_t<T>>(x[k]) - mean[k]) * scale[k] + shift[k], relu));
-}
-
-// Accumulates g and g * (x - mean), where g is grad_out masked by the ReLU of the forward.
-template <typename T>
-inline void accumulate_grad(acc_t<T>* __restrict acc_g, acc_t<T>* __restrict acc_gd, const T* x, const T* dy,
-                            const acc_t<T>* __restrict mean, const acc_t<T>* __restrict scale,
-                            const acc_t<T>* __restrict shift, int64_t n, bool relu) {
-  using A = acc_t<T>;
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) {
-    const A d = static_cast<A>(x[k]) - mean[k];
-    const A dyk = static_cast<A>(dy[k]);  // loaded unconditionally so the loop vectorizes
-    const A g = (!relu || d * scale[k] + shift[k] > A(0)) ? dyk : A(0);
-    acc_g[k] += g;
-    acc_gd[k] += g * d;
-  }
-}
-
-// dx = a*g + b + c*(x - mean); g as above, or 0 when dy is null (patch_mean_std backward).
-template <typename T>
-inline void grad_x(T* dx, const T* x, const T* dy, const acc_t<T>* __restrict mean, const acc_t<T>* __restrict scale,
-                   const acc_t<T>* __restrict shift, const acc_t<T>* __restrict a, const acc_t<T>* __restrict b,
-                   const acc_t<T>* __restrict c, int64_t n, bool relu) {
-  using A = acc_t<T>;
-  if (dy == nullptr) {
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) dx[k] = static_cast<T>(b[k] + c[k] * (static_cast<A>(x[k]) - mean[k]));
-    return;
-  }
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) {
-    const A d = static_cast<A>(x[k]) - mean[k];
-    const A dyk = static_cast<A>(dy[k]);
-    const A g = (!relu || d * scale[k] + shift[k] > A(0)) ? dyk : A(0);
-    dx[k] = static_cast<T>(a[k] * g + b[k] + c[k] * d);
-  }
-}
-
-// Per-patch coefficients of the transfer: out = act((x - mean) * scale + shift).
-template <typename A>
-struct Transfer {
-  A scale, shift;
-};
-
-template <typename A>
-inline Transfer<A> transfer_of(A mean, A std, A target_mean, A target_std, const A* mix) {
-  if (mix != nullptr) {
-    target_mean = *mix * mean + (A(1) - *mix) * target_mean;
-    target_std = *mix * std + (A(1) - *mix) * target_std;
-  }
-  return {target_std / std, target_mean};
-}
-
-// Coefficients of dx = a*g + b + c*(x - mean) for one patch of n pixels, from the sums of g and g*xn and the
-// gradients reaching the patch mean and std from elsewhere (mixing, or a caller of patch_mean_std).
-// The statistics' own gradients: d mean/dx = 1/n, d std/dx = xn/(n-1).
-template <typename A>
-struct GradCoefficients {
-  A a, b, c;
-};
-
-template <typename A>
-inline GradCoefficients<A> grad_coefficients(int64_t n, A std, A scale, A sum_g, A sum_gxn, A grad_mean, A grad_std) {
-  const A c = n > 1 ? (grad_std - scale * sum_gxn) / A(n - 1) : A(0);  // a 1-pixel patch has variance 0
-  return {scale, (grad_mean - scale * sum_g) / A(n), c / std};
-}
-
 // Everything one kernel call needs about the per-patch parameters, as raw pointers into (B, C, gh, gw) tensors.
 template <typename A>
 struct PatchParams {
@@ -208,117 +110,33 @@ struct Task {
   PatchOf patch_of;
 };
 
-template <typename A, typename PatchOf>
-void flush(std::vector<A>& acc, std::vector<double>& sum, int64_t lanes, PatchOf patch_of) {
-  for (int64_t k = 0; k < lanes; ++k) {
-    sum[patch_of(k)] += acc[k];
-    acc[k] = A(0);
-  }
-}
+namespace generic {
+#include "style_mix_kernels.inc"
+}  // namespace generic
 
-template <typename A, typename PatchOf>
-void spread(std::vector<A>& lane_values, const std::vector<A>& patch_values, int64_t lanes, PatchOf patch_of) {
-  for (int64_t k = 0; k < lanes; ++k) lane_values[k] = patch_values[patch_of(k)];
-}
+#if defined(__x86_64__) && defined(__GNUC__)
+#define STYLEDA_FAST_HAVE_AVX2_KERNELS 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#include "style_mix_kernels.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
 
-// Forward of one task: statistics of its patches (written to prm.mean/std at param[q]) and, when out is given,
-// the transferred output.
-template <typename T, typename RowOffset, typename PatchOf>
-void forward_task(const T* x, T* out, const Task<T, RowOffset, PatchOf>& t, const std::vector<int64_t>& param,
-                  const std::vector<int64_t>& count, double eps, bool relu, const PatchParams<acc_t<T>>& prm,
-                  Scratch<acc_t<T>>& s) {
-  using A = acc_t<T>;
-  s.resize(t.lanes, t.patches);
-  std::vector<A> patch_mean(t.patches), patch_value(t.patches);
-  for (int64_t r = 0; r < t.rows; ++r) {
-    accumulate(s.acc1.data(), x + t.row_offset(r), t.lanes);
-    if ((r + 1) % kRowsPerFlush == 0 || r + 1 == t.rows) flush(s.acc1, s.sum1, t.lanes, t.patch_of);
-  }
-  for (int64_t q = 0; q < t.patches; ++q) patch_mean[q] = A(s.sum1[q] / double(count[q]));
-  spread(s.mean, patch_mean, t.lanes, t.patch_of);
-  for (int64_t r = 0; r < t.rows; ++r) {
-    accumulate_centered_squares(s.acc1.data(), x + t.row_offset(r), s.mean.data(), t.lanes);
-    if ((r + 1) % kRowsPerFlush == 0 || r + 1 == t.rows) flush(s.acc1, s.sum2, t.lanes, t.patch_of);
-  }
-  std::vector<A> patch_scale(t.patches), patch_shift(t.patches);
-  for (int64_t q = 0; q < t.patches; ++q) {
-    const double var = count[q] > 1 ? s.sum2[q] / double(count[q] - 1) : 0.0;
-    const A std = A(std::sqrt(var + eps));
-    prm.mean[param[q]] = patch_mean[q];
-    prm.std[param[q]] = std;
-    if (out != nullptr) {
-      const int64_t p = param[q];
-      const Transfer<A> tr =
-          transfer_of(patch_mean[q], std, prm.target_mean[p], prm.target_std[p], prm.mix ? prm.mix + p : nullptr);
-      patch_scale[q] = tr.scale;
-      patch_shift[q] = tr.shift;
-    }
-  }
-  if (out == nullptr) return;
-  spread(s.scale, patch_scale, t.lanes, t.patch_of);
-  spread(s.shift, patch_shift, t.lanes, t.patch_of);
-  for (int64_t r = 0; r < t.rows; ++r) {
-    const int64_t o = t.row_offset(r);
-    affine(out + o, x + o, s.mean.data(), s.scale.data(), s.shift.data(), t.lanes, relu);
-  }
-}
-
-// Backward of one task. With dy: local_style_mix backward (writes the per-patch sums to prm.grad_mixed_*).
-// Without: patch_mean_std backward (reads the incoming gradients from prm.grad_mixed_*).
-template <typename T, typename RowOffset, typename PatchOf>
-void backward_task(const T* x, const T* dy, T* dx, const Task<T, RowOffset, PatchOf>& t,
-                   const std::vector<int64_t>& param, const std::vector<int64_t>& count, bool relu,
-                   const PatchParams<acc_t<T>>& prm, Scratch<acc_t<T>>& s) {
-  using A = acc_t<T>;
-  s.resize(t.lanes, t.patches);
-  std::vector<A> pv(t.patches);
-  std::vector<Transfer<A>> transfer(t.patches, Transfer<A>{A(0), A(0)});
-  for (int64_t q = 0; q < t.patches; ++q) pv[q] = prm.mean[param[q]];
-  spread(s.mean, pv, t.lanes, t.patch_of);
-  if (dy != nullptr) {
-    for (int64_t q = 0; q < t.patches; ++q) {
-      const int64_t p = param[q];
-      transfer[q] = transfer_of(prm.mean[p], prm.std[p], prm.target_mean[p], prm.target_std[p],
-                                prm.mix ? prm.mix + p : nullptr);
-    }
-    for (int64_t q = 0; q < t.patches; ++q) pv[q] = transfer[q].scale;
-    spread(s.scale, pv, t.lanes, t.patch_of);
-    for (int64_t q = 0; q < t.patches; ++q) pv[q] = transfer[q].shift;
-    spread(s.shift, pv, t.lanes, t.patch_of);
-    for (int64_t r = 0; r < t.rows; ++r) {
-      const int64_t o = t.row_offset(r);
-      accumulate_grad(s.acc1.data(), s.acc2.data(), x + o, dy + o, s.mean.data(), s.scale.data(), s.shift.data(),
-                      t.lanes, relu);
-      if ((r + 1) % kRowsPerFlush == 0 || r + 1 == t.rows) {
-        flush(s.acc1, s.sum1, t.lanes, t.patch_of);
-        flush(s.acc2, s.sum2, t.lanes, t.patch_of);
-      }
-    }
-  }
-  std::vector<A> pa(t.patches), pb(t.patches), pc(t.patches);
-  for (int64_t q = 0; q < t.patches; ++q) {
-    const int64_t p = param[q];
-    GradCoefficients<A> k;
-    if (dy != nullptr) {
-      const A sum_g = A(s.sum1[q]), sum_gxn = A(s.sum2[q] / prm.std[p]);
-      prm.grad_mixed_mean[p] = sum_g;
-      prm.grad_mixed_std[p] = sum_gxn;
-      const A w = prm.mix ? prm.mix[p] : A(0);  // share of the gradient that reaches the patch's own statistics
-      k = grad_coefficients(count[q], prm.std[p], transfer[q].scale, sum_g, sum_gxn, w * sum_g, w * sum_gxn);
-    } else {
-      k = grad_coefficients(count[q], prm.std[p], A(0), A(0), A(0), prm.grad_mixed_mean[p], prm.grad_mixed_std[p]);
-    }
-    pa[q] = k.a, pb[q] = k.b, pc[q] = k.c;
-  }
-  if (dx == nullptr) return;
-  spread(s.a, pa, t.lanes, t.patch_of);
-  spread(s.b, pb, t.lanes, t.patch_of);
-  spread(s.c, pc, t.lanes, t.patch_of);
-  for (int64_t r = 0; r < t.rows; ++r) {
-    const int64_t o = t.row_offset(r);
-    grad_x(dx + o, x + o, dy ? dy + o : nullptr, s.mean.data(), s.scale.data(), s.shift.data(), s.a.data(),
-           s.b.data(), s.c.data(), t.lanes, relu);
-  }
+// The AVX2 + FMA kernels where the CPU has them (the build targets plain x86-64, whose SSE2 lanes are half as
+// wide); STYLEDA_FAST_CPU_ISA=generic forces the portable ones (to test them, or to compare).
+bool use_avx2() {
+#ifdef STYLEDA_FAST_HAVE_AVX2_KERNELS
+  static const bool enabled = [] {
+    const char* env = std::getenv("STYLEDA_FAST_CPU_ISA");
+    if (env != nullptr && std::string(env) == "generic") return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return enabled;
+#else
+  return false;
+#endif
 }
 
 // Index of parameter (b, c, i, j) in a (B, C, gh, gw) tensor.
@@ -435,7 +253,10 @@ void run_forward(const at::Tensor& x_in, at::Tensor* out, const PatchGrid& g, do
     scalar_t* out_data = out ? out->data_ptr<scalar_t>() : nullptr;
     for_each_task<scalar_t>(layout, g, x_in.element_size(), [&](const auto& t, const auto& param, const auto& count,
                                                                   Scratch<A>& scratch) {
-      forward_task(x, out_data, t, param, count, eps, relu, prm, scratch);
+#ifdef STYLEDA_FAST_HAVE_AVX2_KERNELS
+      if (use_avx2()) return avx2::forward_task(x, out_data, t, param, count, eps, relu, prm, scratch);
+#endif
+      generic::forward_task(x, out_data, t, param, count, eps, relu, prm, scratch);
     });
   });
 }
@@ -515,7 +336,10 @@ void run_backward(const at::Tensor* grad_out, const at::Tensor& x, at::Tensor* g
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     for_each_task<scalar_t>(layout, g, x.element_size(), [&](const auto& t, const auto& param, const auto& count,
                                                                Scratch<A>& scratch) {
-      backward_task(x_data, dy, dx, t, param, count, relu, prm, scratch);
+#ifdef STYLEDA_FAST_HAVE_AVX2_KERNELS
+      if (use_avx2()) return avx2::backward_task(x_data, dy, dx, t, param, count, relu, prm, scratch);
+#endif
+      generic::backward_task(x_data, dy, dx, t, param, count, relu, prm, scratch);
     });
   });
 }

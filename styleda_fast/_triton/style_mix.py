@@ -364,8 +364,9 @@ def _style_mix_backward_kernel(
         tl.store(grad_mean_ptr + param_index, sum_grad, mask=channel_mask)
         tl.store(grad_std_ptr + param_index, sum_grad_normalized, mask=channel_mask)
         # The share w of the gradient of the mixed statistics reaches the patch's own mean and std.
-        coef_g = scale
-        grad_of_mean = w * sum_grad - scale * sum_grad
+        # A 1-pixel patch: dx = w * g exactly (scale * g - scale * g would leave rounding noise).
+        coef_g = tl.where(count > 1, scale, 0.0)
+        grad_of_mean = tl.where(count > 1, w * sum_grad - scale * sum_grad, w * sum_grad)
         grad_of_std = w * sum_grad_normalized - scale * sum_grad_normalized
     else:
         coef_g = tl.zeros_like(mean)
