@@ -201,6 +201,13 @@ def _chunk_seed(seed: int, chunk: int) -> int:
 def run(args) -> int:
     from safetensors.torch import load_file, save_file
 
+    try:
+        import open_clip  # noqa: F401
+        import PIL  # noqa: F401
+        import tqdm  # noqa: F401
+    except ImportError as exc:
+        raise MineError(f"{exc}; install the mining extra: pip install --no-build-isolation '.[mining]'") from exc
+
     from styleda_fast.mining import clip_image_head, clip_image_tail
 
     if args.mode == "patch" and not args.labels:
