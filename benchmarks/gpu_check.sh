@@ -33,7 +33,7 @@ fi
 
 step benchmark
 timeout 120 python -m styleda_fast.cli bench --device cuda --family style_mix --out "$OUT/style_mix" > "$OUT/bench.log" 2>&1 || status=1
-timeout 60 python -m styleda_fast.cli bench --device cuda --family famix_step --family class_stats --family text \
+timeout 60 python -m styleda_fast.cli bench --device cuda --family famix_step --family class_stats --family text --family mining \
   --no-compile --out "$OUT/others" >> "$OUT/bench.log" 2>&1 || status=1
 cat "$OUT/bench.log"
 step "done (status $status)"

@@ -110,3 +110,33 @@ def test_famix_transfer_errors():
     empty = {k: [] for k in _bank()}
     with pytest.raises(ValueError, match="255"):
         famix.transfer(x, [["road", "road"]] * 9, empty, None)
+
+
+def test_public_pickles_load_safely(tmp_path):
+    import os
+    import pickle
+
+    from styleda_fast.style_bank import UnsafePickleError
+
+    bank = _bank(C=4)
+    with open(tmp_path / "saved_params.pkl", "wb") as f:
+        pickle.dump(bank, f)
+    loaded = famix.load_saved_params(tmp_path / "saved_params.pkl")
+    assert set(loaded) == set(bank) and torch.equal(loaded["road_mu"][0], bank["road_mu"][0])
+    with open(tmp_path / "img.pkl", "wb") as f:
+        pickle.dump({"mu_f1": torch.randn(4, 1, 1), "std_f1": torch.rand(4, 1, 1)}, f)
+    assert poda.load_stats(tmp_path / "img.pkl")["mu_f1"].shape == (4, 1, 1)
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"mu_f1": Payload(), "std_f1": torch.zeros(1)}, f)
+    with pytest.raises(UnsafePickleError):
+        poda.load_stats(tmp_path / "evil.pkl")
+    with pytest.raises(UnsafePickleError):
+        famix.load_saved_params(tmp_path / "evil.pkl")
+    assert not marker.exists()

@@ -137,3 +137,14 @@ def transfer_fast(
         activation=fused,
     )  # fmt: skip
     return apply_activation(y, after)
+
+
+def load_saved_params(path) -> dict:
+    """FAMix's ``saved_params.pkl`` (``{"<class>_mu": [(C, 1, 1), ...], "<class>_std": [...], ...}``), read without
+    running code from the file. For the device-resident bank, use ``StyleBank.from_famix_pickle``."""
+    from styleda_fast.style_bank import safe_unpickle
+
+    params = safe_unpickle(path)
+    if not isinstance(params, dict) or not all(isinstance(v, list) for v in params.values()):
+        raise ValueError(f"{path}: not a FAMix style pickle (expected a dict of lists of tensors)")
+    return params

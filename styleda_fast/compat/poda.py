@@ -78,3 +78,15 @@ def transfer(
         s = torch.rand((features.shape[0], features.shape[1]), generator=generator).to(features.device)
     y = local_style_mix(features, mu_t, std_t, grid=1, mix=s, activation=fused)
     return apply_activation(y, after)
+
+
+def load_stats(path) -> dict:
+    """One of PODA's per-image style pickles (``{"mu_f1": (C, 1, 1), "std_f1": (C, 1, 1)}``), read without running
+    code from the file (only tensors and plain containers are rebuilt; anything else raises ``UnsafePickleError``).
+    For a whole folder on the device, use ``StyleBank.from_poda_dir``."""
+    from styleda_fast.style_bank import safe_unpickle
+
+    stats = safe_unpickle(path)
+    if not isinstance(stats, dict) or not {"mu_f1", "std_f1"} <= set(stats):
+        raise ValueError(f"{path}: not a PODA style pickle (expected a dict with 'mu_f1' and 'std_f1')")
+    return stats
