@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from styleda_fast._backend import _CPP_PROBLEM
+from styleda_fast._ops._registration import register_family, triton_launchers
 
 _LIB = "styleda_fast"
 
@@ -91,32 +92,16 @@ def _class_mean_std_backward(ctx, grad_mean, grad_std, _grad_count):
 
 
 def triton_kernels() -> types.ModuleType:
-    """The Triton launchers (imported on first use: importing triton takes a while)."""
-    from styleda_fast._triton import class_stats
-
-    return class_stats
-
-
-def _register_cuda(library: torch.library.Library, name: str) -> None:
-    def cuda_kernel(*args):
-        return getattr(triton_kernels(), name)(*args)
-
-    cuda_kernel.__name__ = f"{name}_cuda"
-    library.impl(name, cuda_kernel, "CUDA")
+    """The Triton launchers of this family (imported on first use)."""
+    return triton_launchers("class_stats")
 
 
 def _register() -> torch.library.Library:
-    """Fake kernels, autograd and CUDA kernels of the operators that csrc/class_stats_cpu.cpp defines."""
-    fakes = {"patch_dominant_class": _patch_dominant_class_fake, "class_mean_std": _class_mean_std_fake}
-    for name, fake in fakes.items():
-        torch.library.register_fake(f"{_LIB}::{name}", fake)
-    torch.library.register_autograd(
-        f"{_LIB}::class_mean_std", _class_mean_std_backward, setup_context=_class_mean_std_setup
+    return register_family(
+        "class_stats",
+        fakes={"patch_dominant_class": _patch_dominant_class_fake, "class_mean_std": _class_mean_std_fake},
+        autograd={"class_mean_std": (_class_mean_std_backward, _class_mean_std_setup)},
     )
-    library = torch.library.Library(_LIB, "IMPL")
-    for name in fakes:
-        _register_cuda(library, name)
-    return library
 
 
 # Without the compiled library the operators do not exist; the public API then runs the reference.

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from styleda_fast._backend import _CPP_PROBLEM
+from styleda_fast._ops._registration import register_family, triton_launchers
 
 _LIB = "styleda_fast"
 
@@ -128,41 +129,25 @@ def _local_style_mix_backward(ctx, grad_out, _grad_mean, _grad_std):
 
 
 def triton_kernels() -> types.ModuleType:
-    """The Triton launchers (imported on first use: importing triton takes a while)."""
-    from styleda_fast._triton import style_mix
-
-    return style_mix
-
-
-def _register_cuda(library: torch.library.Library, name: str) -> None:
-    def cuda_kernel(*args):
-        return getattr(triton_kernels(), name)(*args)
-
-    cuda_kernel.__name__ = f"{name}_cuda"
-    library.impl(name, cuda_kernel, "CUDA")
+    """The Triton launchers of this family (imported on first use)."""
+    return triton_launchers("style_mix")
 
 
 def _register() -> torch.library.Library:
-    """Fake kernels, autograd and CUDA kernels of the operators that csrc/registration.cpp defines."""
-    fakes = {
-        "patch_mean_std": _patch_mean_std_fake,
-        "patch_mean_std_backward": _patch_mean_std_backward_fake,
-        "local_style_mix": _local_style_mix_fake,
-        "local_style_mix_into": _local_style_mix_into_fake,
-        "local_style_mix_backward": _local_style_mix_backward_fake,
-    }
-    for name, fake in fakes.items():
-        torch.library.register_fake(f"{_LIB}::{name}", fake)
-    torch.library.register_autograd(
-        f"{_LIB}::patch_mean_std", _patch_mean_std_backward, setup_context=_patch_mean_std_setup
+    return register_family(
+        "style_mix",
+        fakes={
+            "patch_mean_std": _patch_mean_std_fake,
+            "patch_mean_std_backward": _patch_mean_std_backward_fake,
+            "local_style_mix": _local_style_mix_fake,
+            "local_style_mix_into": _local_style_mix_into_fake,
+            "local_style_mix_backward": _local_style_mix_backward_fake,
+        },
+        autograd={
+            "patch_mean_std": (_patch_mean_std_backward, _patch_mean_std_setup),
+            "local_style_mix": (_local_style_mix_backward, _local_style_mix_setup),
+        },
     )
-    torch.library.register_autograd(
-        f"{_LIB}::local_style_mix", _local_style_mix_backward, setup_context=_local_style_mix_setup
-    )
-    library = torch.library.Library(_LIB, "IMPL")
-    for name in fakes:
-        _register_cuda(library, name)
-    return library
 
 
 # Without the compiled library the operators do not exist; the public API then runs the reference.

@@ -10,6 +10,7 @@ import types
 import torch
 
 from styleda_fast._backend import _CPP_PROBLEM
+from styleda_fast._ops._registration import register_family, triton_launchers
 from styleda_fast._ops.style_mix import acc_dtype
 
 _LIB = "styleda_fast"
@@ -120,45 +121,27 @@ def _noisy_style_features_backward(ctx, grad_out):
 
 
 def triton_kernels() -> types.ModuleType:
-    """The Triton launchers (imported on first use: importing triton takes a while)."""
-    from styleda_fast._triton import text
-
-    return text
-
-
-def _register_cuda(library: torch.library.Library, name: str) -> None:
-    def cuda_kernel(*args):
-        return getattr(triton_kernels(), name)(*args)
-
-    cuda_kernel.__name__ = f"{name}_cuda"
-    library.impl(name, cuda_kernel, "CUDA")
+    """The Triton launchers of this family (imported on first use)."""
+    return triton_launchers("text")
 
 
 def _register() -> torch.library.Library:
-    """Fake kernels, autograd and CUDA kernels of the operators that csrc/text_cpu.cpp defines."""
-    fakes = {
-        "noisy_text_projection": _noisy_text_projection_fake,
-        "noisy_text_projection_backward": _noisy_text_projection_backward_fake,
-        "clip_cosine_loss": _clip_cosine_loss_fake,
-        "clip_cosine_loss_backward": _clip_cosine_loss_backward_fake,
-        "noisy_style_features": _noisy_style_features_fake,
-        "noisy_style_features_backward": _noisy_style_features_backward_fake,
-    }
-    for name, fake in fakes.items():
-        torch.library.register_fake(f"{_LIB}::{name}", fake)
-    torch.library.register_autograd(
-        f"{_LIB}::noisy_text_projection", _noisy_text_projection_backward, setup_context=_noisy_text_projection_setup
+    return register_family(
+        "text",
+        fakes={
+            "noisy_text_projection": _noisy_text_projection_fake,
+            "noisy_text_projection_backward": _noisy_text_projection_backward_fake,
+            "clip_cosine_loss": _clip_cosine_loss_fake,
+            "clip_cosine_loss_backward": _clip_cosine_loss_backward_fake,
+            "noisy_style_features": _noisy_style_features_fake,
+            "noisy_style_features_backward": _noisy_style_features_backward_fake,
+        },
+        autograd={
+            "noisy_text_projection": (_noisy_text_projection_backward, _noisy_text_projection_setup),
+            "clip_cosine_loss": (_clip_cosine_loss_backward, _clip_cosine_loss_setup),
+            "noisy_style_features": (_noisy_style_features_backward, _noisy_style_features_setup),
+        },
     )
-    torch.library.register_autograd(
-        f"{_LIB}::clip_cosine_loss", _clip_cosine_loss_backward, setup_context=_clip_cosine_loss_setup
-    )
-    torch.library.register_autograd(
-        f"{_LIB}::noisy_style_features", _noisy_style_features_backward, setup_context=_noisy_style_features_setup
-    )
-    library = torch.library.Library(_LIB, "IMPL")
-    for name in fakes:
-        _register_cuda(library, name)
-    return library
 
 
 # Without the compiled library the operators do not exist; the public API then runs the reference.
