@@ -5,40 +5,15 @@ sampling of 8 x 9 styles from 10,000 against FAMix's ``random.choice`` loop. The
 ``styleda_fast.bench_class_stats``, which imports them from ``styleda_fast.reference_class_stats`` (the tests'
 references). Set STYLEDA_BENCH_QUICK=1 for small shapes."""
 
-import os
-
 import pytest
-import torch
+from conftest import CaseTable, run_provider
 
 from styleda_fast.bench_class_stats import class_stats_cases
 
-_QUICK = os.environ.get("STYLEDA_BENCH_QUICK") == "1"
-_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-_CASES = {}
-
-
-def _case(name):
-    if not _CASES:
-        for case in class_stats_cases(_DEVICE, quick=_QUICK, compile_baseline=True):
-            _CASES[case.name] = case
-    return _CASES[name]
+CASES = CaseTable(class_stats_cases)
 
 
 @pytest.mark.parametrize("provider", ["copy", "eager", "compile", "ours"])
 @pytest.mark.parametrize("case", ["dominant class grid 3", "class_mean_std 19 classes", "bank sampling 8x9"])
 def test_class_stats(benchmark, case, provider):
-    c = _case(case)
-    if provider not in c.providers:
-        pytest.skip(f"{provider} is not a provider of {case}")
-    fn = c.providers[provider]
-    fn()  # warm-up (and compilation for the torch.compile baseline)
-    if _DEVICE.type == "cuda":
-
-        def run():
-            fn()
-            torch.cuda.synchronize()
-
-        benchmark(run)
-    else:
-        benchmark(fn)
-    benchmark.extra_info.update({"case": case, "provider": provider, "shape": c.shape, "bytes": c.bytes_moved})
+    run_provider(benchmark, CASES, case, provider)
