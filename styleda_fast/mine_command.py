@@ -182,7 +182,10 @@ def _prepare_parts(parts: Path, config: dict, rank: int) -> None:
     if rank == 0:
         parts.mkdir(parents=True, exist_ok=True)
         if run_file.exists():
-            previous = json.loads(run_file.read_text())
+            try:
+                previous = json.loads(run_file.read_text())
+            except (OSError, ValueError) as exc:
+                raise MineError(f"{run_file} is unreadable ({exc}); delete {parts} to start over") from exc
             if previous != config:
                 changed = sorted(k for k in config if previous.get(k) != config[k])
                 raise MineError(
@@ -190,7 +193,9 @@ def _prepare_parts(parts: Path, config: dict, rank: int) -> None:
                     "delete it or use the same arguments to resume"
                 )
         else:
-            run_file.write_text(json.dumps(config, indent=1, sort_keys=True))
+            tmp = parts / "run.json.tmp"
+            tmp.write_text(json.dumps(config, indent=1, sort_keys=True))
+            os.replace(tmp, run_file)  # atomic, like the chunk files
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:
