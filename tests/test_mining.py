@@ -114,3 +114,14 @@ def test_tail_equals_the_encoder_layers(rn50, fold_batchnorm):
         expected = visual.attnpool(visual.layer4(visual.layer3(visual.layer2(F.adaptive_avg_pool2d(features, 56)))))
         actual = clip_image_tail(visual, fold_batchnorm=fold_batchnorm)(features)
     _assert_rel(actual, expected, 1e-5, "embedding")
+
+
+def test_default_weights_do_not_depend_on_chunking(rn50):
+    """Without reference_batch_size the N items given are one public batch, however they are chunked."""
+    content, targets = _items(4, seed=4)
+    tail = clip_image_tail(rn50.visual)
+    whole = mine_styles(tail, content, targets, steps=2, batch_size=4)
+    chunked = mine_styles(tail, content, targets, steps=2, batch_size=3)
+    expected = public_pin_loop(rn50.visual, content, targets, 2, True)
+    _assert_rel(chunked.mean, whole.mean, 1e-5, "chunked mean")
+    _assert_rel(whole.mean, expected[0], 1e-4, "mean vs the public loop")
