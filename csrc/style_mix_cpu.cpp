@@ -81,13 +81,16 @@ struct PatchParams {
   A* grad_mixed_std = nullptr;
 };
 
-// Scratch for one task: per-lane arrays and per-patch double sums.
+// Scratch for one task, reused across the tasks of a thread: per-lane arrays, and per-patch values (the
+// patch's mean, transfer scale and shift, gradient coefficients) and double sums.
 template <typename A>
 struct Scratch {
   std::vector<A> acc1, acc2, mean, scale, shift, a, b, c;
+  std::vector<A> patch_mean, patch_scale, patch_shift, patch_a, patch_b, patch_c;
   std::vector<double> sum1, sum2;
   void resize(int64_t lanes, int64_t patches) {
     for (auto* v : {&acc1, &acc2, &mean, &scale, &shift, &a, &b, &c}) v->assign(lanes, A(0));
+    for (auto* v : {&patch_mean, &patch_scale, &patch_shift, &patch_a, &patch_b, &patch_c}) v->assign(patches, A(0));
     sum1.assign(patches, 0.0);
     sum2.assign(patches, 0.0);
   }
