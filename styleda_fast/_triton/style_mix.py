@@ -112,6 +112,14 @@ def _sum_pixels(values):
 
 
 @triton.jit
+def _tile_mean_m2(tile, mask, tile_count):
+    """Per-channel mean and centered sum of squares ``[BLOCK_C]`` of a loaded tile holding ``tile_count`` pixels."""
+    mean = _sum_pixels(tile) / tile_count
+    centered = tl.where(mask, tile - mean[:, None, None], 0.0)
+    return mean, _sum_pixels(centered * centered)
+
+
+@triton.jit
 def _sqrt(value):
     if value.dtype == tl.float64:
         return tl.sqrt(value)  # IEEE for float64
@@ -189,9 +197,7 @@ def _style_mix_forward_kernel(
             plane_offsets, plane_mask, row0, col0, rows, cols, 0, 0, stride_h, stride_w, CHANNELS_LAST, BLOCK_H, BLOCK_W
         )
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
-        mean = _sum_pixels(x) / count.to(ACC)
-        centered = tl.where(mask, x - mean[:, None, None], 0.0)
-        m2 = _sum_pixels(centered * centered)
+        mean, m2 = _tile_mean_m2(x, mask, count.to(ACC))
     else:
         # Chan et al.: combine each tile's (count, mean, centered M2) into the running ones.
         mean = tl.zeros([BLOCK_C], ACC)
@@ -216,9 +222,7 @@ def _style_mix_forward_kernel(
                 )
                 tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
                 tile_count = tl.minimum(rows - tile_row, BLOCK_H) * tl.minimum(cols - tile_col, BLOCK_W)
-                tile_mean = _sum_pixels(tile) / tile_count.to(ACC)
-                tile_centered = tl.where(mask, tile - tile_mean[:, None, None], 0.0)
-                tile_m2 = _sum_pixels(tile_centered * tile_centered)
+                tile_mean, tile_m2 = _tile_mean_m2(tile, mask, tile_count.to(ACC))
                 total = seen + tile_count
                 delta = tile_mean - mean
                 mean += delta * (tile_count.to(ACC) / total.to(ACC))
@@ -364,19 +368,24 @@ def _style_mix_backward_kernel(
         tl.store(grad_mean_ptr + param_index, sum_grad, mask=channel_mask)
         tl.store(grad_std_ptr + param_index, sum_grad_normalized, mask=channel_mask)
         # The share w of the gradient of the mixed statistics reaches the patch's own mean and std.
-        # A 1-pixel patch: dx = w * g exactly (scale * g - scale * g would leave rounding noise).
-        coef_g = tl.where(count > 1, scale, 0.0)
-        grad_of_mean = tl.where(count > 1, w * sum_grad - scale * sum_grad, w * sum_grad)
-        grad_of_std = w * sum_grad_normalized - scale * sum_grad_normalized
+        grad_of_mean = w * sum_grad
+        grad_of_std = w * sum_grad_normalized
     else:
-        coef_g = tl.zeros_like(mean)
+        scale = tl.zeros_like(mean)
+        sum_grad = tl.zeros_like(mean)
+        sum_grad_normalized = tl.zeros_like(mean)
         grad_of_mean = tl.load(grad_mean_ptr + param_index, mask=channel_mask, other=0.0)
         grad_of_std = tl.load(grad_std_ptr + param_index, mask=channel_mask, other=0.0)
 
     if COMPUTE_GRAD_X:
-        # d mean/dx = 1/n, d std/dx = xn/(n-1); a 1-pixel patch has variance 0, so no std term.
-        coef_const = grad_of_mean / count.to(ACC)
-        coef_centered = tl.where(count > 1, grad_of_std / tl.maximum(count - 1, 1).to(ACC), 0.0) / std
+        # dx = a*g + b + c*(x - mean), as the C++ grad_coefficients: d mean/dx = 1/n, d std/dx = xn/(n-1).
+        # A 1-pixel patch (mean = the pixel, variance 0): dx = grad_of_mean exactly, with no cancellation.
+        many = count > 1
+        coef_g = tl.where(many, scale, 0.0)
+        coef_const = tl.where(many, (grad_of_mean - scale * sum_grad) / count.to(ACC), grad_of_mean)
+        coef_centered = (
+            tl.where(many, (grad_of_std - scale * sum_grad_normalized) / tl.maximum(count - 1, 1).to(ACC), 0.0) / std
+        )
         coef_g_3d, coef_const_3d, coef_centered_3d = (
             coef_g[:, None, None],
             coef_const[:, None, None],
