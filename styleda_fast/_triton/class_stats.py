@@ -112,6 +112,18 @@ def patch_dominant_class(
 
 
 @triton.jit
+def _load_chunk(xp, lp, off, N, K, slots, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """Pixels ``off .. off+BLOCK`` of one plane: their class slot (-1 outside ``[0, K)`` or past the end), their
+    values in ACC, and the ``(KP, BLOCK)`` matrix saying which slot each pixel belongs to."""
+    idx = off + tl.arange(0, BLOCK).to(tl.int64)
+    mask = idx < N
+    lab = tl.load(lp + idx, mask=mask, other=-1).to(tl.int64)
+    slot = tl.where(mask & (lab >= 0) & (lab < K), lab, -1)
+    xv = tl.load(xp + idx, mask=mask, other=0).to(ACC)
+    return slot, xv, slots[:, None] == slot[None, :]
+
+
+@triton.jit
 def _class_mean_std_kernel(
     x_ptr,
     labels_ptr,
@@ -135,24 +147,14 @@ def _class_mean_std_kernel(
     sums = tl.zeros((KP,), dtype=ACC)
     counts = tl.zeros((KP,), dtype=tl.int32)
     for off in range(0, N, BLOCK):
-        idx = off + tl.arange(0, BLOCK).to(tl.int64)
-        mask = idx < N
-        lab = tl.load(lp + idx, mask=mask, other=-1).to(tl.int64)
-        slot = tl.where(mask & (lab >= 0) & (lab < K), lab, -1)
-        xv = tl.load(xp + idx, mask=mask, other=0).to(ACC)
-        eq = slots[:, None] == slot[None, :]
+        slot, xv, eq = _load_chunk(xp, lp, off, N, K, slots, BLOCK, ACC)
         sums += tl.sum(tl.where(eq, xv[None, :], 0.0), axis=1)
         counts += tl.sum(eq.to(tl.int32), axis=1)
     n = counts.to(ACC)
     mean = tl.where(counts > 0, sums / tl.maximum(n, 1.0), 0.0)
     sq = tl.zeros((KP,), dtype=ACC)
     for off in range(0, N, BLOCK):
-        idx = off + tl.arange(0, BLOCK).to(tl.int64)
-        mask = idx < N
-        lab = tl.load(lp + idx, mask=mask, other=-1).to(tl.int64)
-        slot = tl.where(mask & (lab >= 0) & (lab < K), lab, -1)
-        xv = tl.load(xp + idx, mask=mask, other=0).to(ACC)
-        eq = slots[:, None] == slot[None, :]
+        slot, xv, eq = _load_chunk(xp, lp, off, N, K, slots, BLOCK, ACC)
         pixel_mean = tl.sum(tl.where(eq, mean[:, None], 0.0), axis=0)
         d = tl.where(slot >= 0, xv - pixel_mean, 0.0)
         sq += tl.sum(tl.where(eq, (d * d)[None, :], 0.0), axis=1)

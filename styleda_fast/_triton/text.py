@@ -219,16 +219,23 @@ def noisy_text_projection_backward(grad_out, text, out, norm):
 
 
 @triton.jit
+def _load_row_blocks(z_ptr, t_ptr, base, rmask, start, D, ACC: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Columns ``start .. start+BLOCK_D`` of the rows at ``base``: the columns, their mask and the z and t values."""
+    cols = start + tl.arange(0, BLOCK_D)
+    m = rmask[:, None] & (cols < D)[None, :]
+    z = tl.load(z_ptr + base + cols[None, :], mask=m, other=0.0).to(ACC)
+    t = tl.load(t_ptr + base + cols[None, :], mask=m, other=0.0).to(ACC)
+    return cols, m, z, t
+
+
+@triton.jit
 def _row_dots(z_ptr, t_ptr, rows, rmask, D, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     zt = tl.zeros([BLOCK_R], dtype=ACC)
     zz = tl.zeros([BLOCK_R], dtype=ACC)
     tt = tl.zeros([BLOCK_R], dtype=ACC)
     base = rows.to(tl.int64)[:, None] * D
     for start in range(0, D, BLOCK_D):
-        cols = start + tl.arange(0, BLOCK_D)
-        m = rmask[:, None] & (cols < D)[None, :]
-        z = tl.load(z_ptr + base + cols[None, :], mask=m, other=0.0).to(ACC)
-        t = tl.load(t_ptr + base + cols[None, :], mask=m, other=0.0).to(ACC)
+        cols, m, z, t = _load_row_blocks(z_ptr, t_ptr, base, rmask, start, D, ACC, BLOCK_D)
         zt += tl.sum(z * t, axis=1)
         zz += tl.sum(z * z, axis=1)
         tt += tl.sum(t * t, axis=1)
@@ -331,10 +338,7 @@ def _cosine_loss_backward_kernel(
     self_t = tl.where(tn > 1e-8, coef * cos / (nt * nt), 0.0)[:, None]
     base = rows.to(tl.int64)[:, None] * D
     for start in range(0, D, BLOCK_D):
-        cols = start + tl.arange(0, BLOCK_D)
-        m = rmask[:, None] & (cols < D)[None, :]
-        z = tl.load(z_ptr + base + cols[None, :], mask=m, other=0.0).to(ACC)
-        t = tl.load(t_ptr + base + cols[None, :], mask=m, other=0.0).to(ACC)
+        cols, m, z, t = _load_row_blocks(z_ptr, t_ptr, base, rmask, start, D, ACC, BLOCK_D)
         tl.store(gz_ptr + base + cols[None, :], (cross * t - self_z * z).to(gz_ptr.dtype.element_ty), mask=m)
         if GRAD_TEXT:
             tl.store(gt_ptr + base + cols[None, :], (cross * z - self_t * t).to(gt_ptr.dtype.element_ty), mask=m)
