@@ -54,15 +54,8 @@ def _expand(t, shape, grid):
     return t.expand(shape[0], shape[1], *grid)
 
 
-@pytest.fixture(autouse=True)
-def _poison_fresh_memory():
-    """Fresh tensors from torch.empty come filled with NaN, so an element a kernel forgot to write fails."""
-    previous = torch.utils.deterministic.fill_uninitialized_memory, torch.are_deterministic_algorithms_enabled()
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    yield
-    torch.utils.deterministic.fill_uninitialized_memory = previous[0]
-    torch.use_deterministic_algorithms(previous[1])
+# Fresh tensors from torch.empty come filled with NaN, so an element a kernel forgot to write fails.
+pytestmark = pytest.mark.usefixtures("poison_fresh_memory")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

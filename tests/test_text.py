@@ -48,15 +48,8 @@ def _randn(*shape, seed=0, dtype=torch.float64, device="cpu", scale=1.0, shift=0
     return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale + shift).to(device=device, dtype=dtype)
 
 
-@pytest.fixture(autouse=True)
-def _poison_fresh_memory():
-    """Fresh tensors from torch.empty come filled with NaN, so an element a kernel forgot to write fails."""
-    previous = torch.utils.deterministic.fill_uninitialized_memory, torch.are_deterministic_algorithms_enabled()
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    yield
-    torch.utils.deterministic.fill_uninitialized_memory = previous[0]
-    torch.use_deterministic_algorithms(previous[1])
+# Fresh tensors from torch.empty come filled with NaN, so an element a kernel forgot to write fails.
+pytestmark = pytest.mark.usefixtures("poison_fresh_memory")
 
 
 # ================================================= the noise reference
