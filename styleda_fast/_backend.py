@@ -114,8 +114,3 @@ def _fallback(name: str, problem: str) -> str:
         _warned.add(name)
         warnings.warn(f"styleda_fast: using the slow reference implementation: {problem}", stacklevel=3)
     return "reference"
-
-
-def triton_on_cpu(device: torch.device) -> bool:
-    """True when the Triton kernels must be called directly (CPU tensors, interpreter) rather than as operators."""
-    return device.type == "cpu"

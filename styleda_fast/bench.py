@@ -152,9 +152,8 @@ def famix_step_cases(device: torch.device, quick: bool, compile_baseline: bool) 
         name = "255" if c == 255 else CITYSCAPES_NAMES[c]
         saved_params[name + "_mu"].append(bank_mean[row].view(C, 1, 1))
         saved_params[name + "_std"].append(bank_std[row].view(C, 1, 1))
-    bank = StyleBank(C)
+    bank = StyleBank(C, device=device)
     bank.add(bank_mean.to(device), bank_std.to(device), class_ids.to(device))
-    bank = bank.to(device) if hasattr(bank, "to") else bank
     s = torch.distributions.Beta(0.1, 0.1).sample((B, C, 1, 1)).to(device)
     labels_dev = labels.to(device)
     out = torch.empty_like(features)

@@ -15,18 +15,10 @@ from torch import Tensor
 
 from styleda_fast import reference_class_stats as reference
 from styleda_fast._backend import select_backend
-from styleda_fast._checks import check_eps, check_features, normalize_grid
+from styleda_fast._checks import check_eps, check_features, check_int, normalize_grid
 from styleda_fast._ops.class_stats import TritonClassMeanStd, acc_dtype, triton_kernels
 
 _BAD_LABEL = "labels has a value outside"
-
-
-def _check_int(value, name: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_labels(labels, name: str = "labels") -> None:
@@ -39,7 +31,7 @@ def _check_labels(labels, name: str = "labels") -> None:
 
 
 def _check_ignore(ignore_index, num_classes: int) -> int:
-    ignore_index = _check_int(ignore_index, "ignore_index")
+    ignore_index = check_int(ignore_index, "ignore_index")
     if 0 <= ignore_index < num_classes:
         raise ValueError(f"ignore_index must not be a class id in [0, num_classes = {num_classes}), got {ignore_index}")
     return ignore_index
@@ -93,7 +85,7 @@ def patch_dominant_class(
     """
     _check_labels(labels)
     gh, gw = normalize_grid(grid, labels.shape[1], labels.shape[2])
-    num_classes = _check_int(num_classes, "num_classes", 1)
+    num_classes = check_int(num_classes, "num_classes", 1)
     ignore_index = _check_ignore(ignore_index, num_classes)
     if not isinstance(count_ignore, bool):
         raise TypeError(f"count_ignore must be a bool, got {type(count_ignore).__name__}")
@@ -165,7 +157,7 @@ def class_mean_std(
     """
     check_features(x)
     _check_labels(labels)
-    num_classes = _check_int(num_classes, "num_classes", 1)
+    num_classes = check_int(num_classes, "num_classes", 1)
     ignore_index = _check_ignore(ignore_index, num_classes)
     eps = check_eps(eps)
     if labels.device != x.device:

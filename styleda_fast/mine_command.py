@@ -9,7 +9,6 @@ mines it (same weights, same per-chunk seeds), so the bank equals the one a sing
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -198,11 +197,6 @@ def _prepare_parts(parts: Path, config: dict, rank: int) -> None:
             os.replace(tmp, run_file)  # atomic, like the chunk files
 
 
-def _chunk_seed(seed: int, chunk: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{chunk}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 def run(args) -> int:
     from safetensors.torch import load_file, save_file
 
@@ -288,7 +282,6 @@ class PromptTargets:
         self.model, self.tokenizer = model, tokenizer
         self.templates = IMAGENET_TEMPLATES[:templates] if templates else IMAGENET_TEMPLATES
         self.cache: dict[str, torch.Tensor] = {}
-        self.used: list[str] = []
 
     def __call__(self, descriptions: list[str]) -> torch.Tensor:
         from styleda_fast.text import encode_prompts
@@ -297,17 +290,16 @@ class PromptTargets:
         if new:
             for d, t in zip(new, encode_prompts(self.model, self.tokenizer, new, self.templates)):
                 self.cache[d] = t
-                self.used.append(d)
         return torch.stack([self.cache[d] for d in descriptions])
 
 
 def _mine_chunk(k, files, labels, args, head, tail, prompts, device) -> dict[str, torch.Tensor]:
-    from styleda_fast.mining import mine_styles
+    from styleda_fast.mining import derived_seed, mine_styles
 
     images = torch.stack([_read_image(p, args.crop) for p in files]).to(device)
     with torch.no_grad():
         features = head(images).float()
-    seed = _chunk_seed(args.seed, k)
+    seed = derived_seed(args.seed, k)
     if args.mode == "global":
         content = features
         targets = prompts([args.prompt]).expand(len(files), -1)
@@ -344,11 +336,11 @@ def _write_bank(out: Path, results: list[dict], args) -> None:
     mean = torch.cat([r["mean"] for r in results])
     std = torch.cat([r["std"] for r in results])
     class_ids = torch.cat([r["class_ids"] for r in results])
+    about = {"backbone": args.clip_model, "layer": "layer1"}
     if args.mode == "global":  # PODA: class-less, every style in the fallback list
-        bank = StyleBank(mean.shape[1], num_classes=0, prompts={"255": args.prompt})
+        bank = StyleBank(mean.shape[1], num_classes=0, prompts={"255": args.prompt}, **about)
     else:
         prompts = {name: f"<one of {len(FAMIX_STYLES)} FAMix styles> {name}" for name in CITYSCAPES_CLASSES}
-        bank = StyleBank(mean.shape[1], prompts={**prompts, "255": "photo"})
-    bank.backbone, bank.layer = args.clip_model, "layer1"
+        bank = StyleBank(mean.shape[1], prompts={**prompts, "255": "photo"}, **about)
     bank.add(mean, std, class_ids)
     bank.save(out)

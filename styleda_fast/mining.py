@@ -150,14 +150,6 @@ class MiningResult:
     loss: Tensor
 
 
-def cosine_loss_per_item(image: Tensor, text: Tensor, detach_norm: bool) -> Tensor:
-    """``1 - cos(image_i, text_i)`` per row; ``detach_norm`` divides the image by its detached norm first, as the
-    public code does (the value is the same; the autograd graph is the public one)."""
-    if detach_norm:
-        image = image / image.norm(dim=-1, keepdim=True).detach()
-    return 1 - torch.cosine_similarity(text, image, dim=-1)
-
-
 def _item_weights(reference_batch_size, n: int, device) -> Tensor:
     """Per-item loss weight ``1 / reference batch size`` (default: the ``n`` items given form one public batch)."""
     if reference_batch_size is None:
@@ -267,9 +259,9 @@ def mine_styles(
     return MiningResult(torch.cat(means), torch.cat(stds), torch.cat(losses))
 
 
-def _item_seed(seed: int, item: int) -> int:
-    """A 63-bit seed per (run seed, global item index): an item's noise does not depend on how items are batched."""
-    digest = hashlib.sha256(f"{seed}:{item}".encode()).digest()
+def derived_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for item (or chunk) ``index`` of a run seeded with ``seed``; independent of any batching."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -296,7 +288,7 @@ def _mine_chunk(
     if feature_noise:
         normalized = ((content - mean0) / std0).float()  # xn, computed once (SPEC 5)
         base = torch.randint(0, 2**62, ()).item() if seed is None else seed
-        item_seeds = [_item_seed(base, first_item + i) for i in range(content.shape[0])]
+        item_seeds = [derived_seed(base, first_item + i) for i in range(content.shape[0])]
     device_type = content.device.type
     for step in range(steps):
         if clamp_std:
@@ -330,7 +322,7 @@ def _mine_chunk(
     if steps == 0:
         item_loss = torch.full((content.shape[0],), float("nan"), device=content.device)
     else:
-        item_loss = cosine_loss_per_item(last_embeddings, targets, detach_norm=False)
+        item_loss = 1 - F.cosine_similarity(last_embeddings, targets, dim=-1)
     return MiningResult(style_mean.detach(), style_std.detach(), item_loss)
 
 
@@ -383,24 +375,36 @@ def select_patches(
     """
     from styleda_fast._checks import normalize_grid
     from styleda_fast.class_stats import patch_dominant_class
-    from styleda_fast.reference import patch_bounds
 
     check_features(features, "features")
     if not isinstance(labels, Tensor) or labels.dim() != 3 or labels.shape[0] != features.shape[0]:
         raise ValueError(f"labels must be (B, Hl, Wl) with B = {features.shape[0]}")
     gh, gw = normalize_grid(grid, features.shape[2], features.shape[3])
-    rows, cols = patch_bounds(features.shape[2], gh), patch_bounds(features.shape[3], gw)
-    if len({rows[i + 1] - rows[i] for i in range(gh)}) > 1 or len({cols[j + 1] - cols[j] for j in range(gw)}) > 1:
-        raise ValueError(
-            f"features of size {tuple(features.shape[2:])} do not split into equal patches on a {gh}x{gw} grid; "
-            "use a crop size whose feature map divides by the grid"
-        )
+    check_equal_patches(features, (gh, gw), f"grid {gh}x{gw}")
     dominant = patch_dominant_class(labels, (gh, gw), num_classes=num_classes, ignore_index=ignore_index)
     class_ids, image_index, patch_index = first_patch_per_class(dominant)
-    content = torch.stack(
+    content = crop_patches(features, (gh, gw), image_index.tolist(), patch_index.tolist())
+    return PatchSelection(content, class_ids, image_index, patch_index)
+
+
+def check_equal_patches(features: Tensor, grid: tuple[int, int], what: str) -> None:
+    """``ValueError`` unless the grid divides ``H`` and ``W``: patches mined or styled together need one size."""
+    (gh, gw), (H, W) = grid, features.shape[-2:]
+    if gh < 1 or gw < 1 or H % gh or W % gw:
+        raise ValueError(
+            f"{what} must divide the feature size {H}x{W} (patches mined or styled together need one size); "
+            "use a crop size whose feature map divides by the grid"
+        )
+
+
+def crop_patches(features: Tensor, grid: tuple[int, int], image_index, patch_index) -> Tensor:
+    """``(M, C, H/gh, W/gw)``: patch ``patch_index[m]`` (row-major, ``i * gw + j``) of image ``image_index[m]``.
+    The grid must divide ``H`` and ``W`` (:func:`check_equal_patches`)."""
+    (gh, gw), (H, W) = grid, features.shape[-2:]
+    ph, pw = H // gh, W // gw
+    return torch.stack(
         [
-            features[b, :, rows[p // gw] : rows[p // gw + 1], cols[p % gw] : cols[p % gw + 1]]
-            for b, p in zip(image_index.tolist(), patch_index.tolist())
+            features[b, :, (p // gw) * ph : (p // gw + 1) * ph, (p % gw) * pw : (p % gw + 1) * pw]
+            for b, p in zip(image_index, patch_index)
         ]
     )
-    return PatchSelection(content, class_ids, image_index, patch_index)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from styleda_fast import reference_text
 from styleda_fast._backend import select_backend
-from styleda_fast._checks import check_features
+from styleda_fast._checks import check_features, check_int
 from styleda_fast._ops.style_mix import acc_dtype
 from styleda_fast._ops.text import TritonClipCosineLoss, TritonNoisyStyleFeatures, TritonNoisyTextProjection
 from styleda_fast.prompts import IMAGENET_TEMPLATES
@@ -54,14 +54,6 @@ def _check_number(value, name: str, *, minimum: float = 0.0) -> float:
     return float(value)
 
 
-def _check_int(value, name: str, minimum: int, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not minimum <= value <= maximum:
-        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {value}")
-    return value
-
-
 def draw_seed(generator: torch.Generator | None = None) -> int:
     """A seed in ``[0, 2^63 - 1)`` drawn from ``generator`` (default: torch's global CPU generator)."""
     device = generator.device if generator is not None else "cpu"
@@ -75,7 +67,7 @@ def _resolve_seed(seed, generator) -> int:
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if seed is None:
         return draw_seed(generator)
-    return _check_int(seed, "seed", 0, _SEED_BOUND - 1)
+    return check_int(seed, "seed", 0, _SEED_BOUND - 1)
 
 
 # ---------------------------------------------------------------- encode_prompts
@@ -116,7 +108,7 @@ def encode_prompts(
     templates = list(templates)
     if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
         raise ValueError("templates must be a non-empty list of format strings, each with a '{}'")
-    _check_int(batch_size, "batch_size", 1, 2**31 - 1)
+    check_int(batch_size, "batch_size", 1, 2**31 - 1)
     if not hasattr(model, "encode_text"):
         raise TypeError(f"model must have an encode_text method (a CLIP model), got {type(model).__name__}")
     try:
@@ -181,8 +173,8 @@ def noisy_text_projection(
     if text.dim() != 2:
         raise ValueError(f"text must be (K, D) or (D,), got shape {tuple(text.shape)}")
     sigma = _check_number(sigma, "sigma")
-    samples = _check_int(samples, "samples", 1, 2**31 - 1)
-    offset = _check_int(offset, "offset", 0, 2**32 - samples)
+    samples = check_int(samples, "samples", 1, 2**31 - 1)
+    offset = check_int(offset, "offset", 0, 2**32 - samples)
     seed = _resolve_seed(seed, generator)
     text = text.contiguous()
     backend = select_backend(text.device)
@@ -297,7 +289,7 @@ def noisy_style_features(
     mean = _per_item(mean, "mean", B, C, xn.device, acc)
     std = _per_item(std, "std", B, C, xn.device, acc)
     feature_noise = _check_number(feature_noise, "feature_noise")
-    offset = _check_int(offset, "offset", 0, 2**32 - 1)
+    offset = check_int(offset, "offset", 0, 2**32 - 1)
     seed = _resolve_seed(seed, generator)
     xn = xn.contiguous()
     backend = select_backend(xn.device)

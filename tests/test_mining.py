@@ -21,10 +21,6 @@ def rn50():
     return model.eval()
 
 
-def public_pin_loop(visual, content, targets, steps, clamp_std, detach_norm=True, lr=1.0):
-    return public.pin_mining_loop(visual, content, targets, steps, clamp_std, detach_norm, lr)
-
-
 def _items(n, size=20, seed=0):
     """Content without exact zeros: on ReLU outputs (real layer1 features), the first step's pre-activation at a
     zero pixel is 0 up to rounding, so which of those pixels pass the ReLU is decided by rounding noise, in the
@@ -44,7 +40,7 @@ def _assert_rel(actual, expected, rtol, what):
 @pytest.mark.parametrize("detach_norm", [True, False])
 def test_matches_public_pin_loop(rn50, clamp_std, detach_norm):
     content, targets = _items(3)
-    expected_mean, expected_std = public_pin_loop(rn50.visual, content, targets, 3, clamp_std, detach_norm)
+    expected_mean, expected_std = public.pin_mining_loop(rn50.visual, content, targets, 3, clamp_std, detach_norm)
     tail = clip_image_tail(rn50.visual)
     result = mine_styles(tail, content, targets, steps=3, clamp_std=clamp_std, detach_norm=detach_norm)
     assert result.mean.shape == (3, 256) and result.loss.shape == (3,)
@@ -56,8 +52,8 @@ def test_matches_public_pin_loop(rn50, clamp_std, detach_norm):
 def test_many_public_batches_mined_together(rn50):
     """Two public batches (sizes 2 and 3) mined in one call with per-item reference batch sizes."""
     content, targets = _items(5, seed=1)
-    first = public_pin_loop(rn50.visual, content[:2], targets[:2], 2, True)
-    second = public_pin_loop(rn50.visual, content[2:], targets[2:], 2, True)
+    first = public.pin_mining_loop(rn50.visual, content[:2], targets[:2], 2, True)
+    second = public.pin_mining_loop(rn50.visual, content[2:], targets[2:], 2, True)
     tail = clip_image_tail(rn50.visual)
     sizes = torch.tensor([2, 2, 3, 3, 3])
     result = mine_styles(tail, content, targets, steps=2, reference_batch_size=sizes)
@@ -122,6 +118,6 @@ def test_default_weights_do_not_depend_on_chunking(rn50):
     tail = clip_image_tail(rn50.visual)
     whole = mine_styles(tail, content, targets, steps=2, batch_size=4)
     chunked = mine_styles(tail, content, targets, steps=2, batch_size=3)
-    expected = public_pin_loop(rn50.visual, content, targets, 2, True)
+    expected = public.pin_mining_loop(rn50.visual, content, targets, 2, True)
     _assert_rel(chunked.mean, whole.mean, 1e-5, "chunked mean")
     _assert_rel(whole.mean, expected[0], 1e-4, "mean vs the public loop")

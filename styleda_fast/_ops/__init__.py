@@ -2,7 +2,5 @@
 autograd formula and its CUDA (Triton) kernel. Imported by the package, and by torch when it needs a fake kernel
 (``set_python_module`` in the C++ schema definition)."""
 
-from styleda_fast._backend import _CPP_PROBLEM
-
-if _CPP_PROBLEM is None:
-    from styleda_fast._ops import class_stats, style_mix, text  # noqa: F401
+# Each module registers only when the compiled library loaded (it defines the operators).
+from styleda_fast._ops import class_stats, style_mix, text  # noqa: F401

@@ -13,18 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from styleda_fast.compat.poda import _fused_activation, apply_activation, calc_mean_std
+from styleda_fast.mining import check_equal_patches, crop_patches
 from styleda_fast.prompts import CITYSCAPES_CLASSES
-from styleda_fast.reference import patch_bounds
 from styleda_fast.style_mix import local_style_mix
 
 CITYSCAPES_NAMES = CITYSCAPES_CLASSES
-
-
-def _equal_patches(features: Tensor, div: int) -> tuple[list[int], list[int]]:
-    H, W = features.shape[-2:]
-    if div < 1 or H % div or W % div:
-        raise ValueError(f"div={div} must divide the feature size {H}x{W} (FAMix's patches have one size)")
-    return patch_bounds(H, div), patch_bounds(W, div)
 
 
 class PPIN(nn.Module):
@@ -45,14 +38,11 @@ class PPIN(nn.Module):
         self.div = div
         self.content_feat = content_feat.clone().detach()
         self.B, self.C = self.content_feat.shape[:2]
-        rows, cols = _equal_patches(self.content_feat, div)
-        patches = [
-            self.content_feat[b, :, rows[p // div] : rows[p // div + 1], cols[p % div] : cols[p % div + 1]]
-            for p, b in ((k // self.B, k % self.B) for k in self.ind)
-        ]
-        if not patches:
+        check_equal_patches(self.content_feat, (div, div), f"div={div}")
+        if not self.ind:
             raise ValueError("ind must select at least one patch")
-        self.patches = torch.stack(patches)  # raw content of the selected patches
+        images, patches = [k % self.B for k in self.ind], [k // self.B for k in self.ind]
+        self.patches = crop_patches(self.content_feat, (div, div), images, patches)  # the selected patches' content
         mean, std = calc_mean_std(self.patches)
         self.style_mean = nn.Parameter(mean.clone(), requires_grad=True)
         self.style_std = nn.Parameter(std.clone(), requires_grad=True)
@@ -95,7 +85,7 @@ def transfer(
     div = int(round(grid**0.5))
     if div * div != grid or any(len(m) != features.shape[0] for m in most_list):
         raise ValueError("most_list must hold g*g lists (one per patch) of B entries (one per image)")
-    _equal_patches(features, div)
+    check_equal_patches(features, (div, div), f"div={div}")
     B, C = features.shape[:2]
     means, stds = [[None] * grid for _ in range(B)], [[None] * grid for _ in range(B)]
     for p, most in enumerate(most_list):
