@@ -1,5 +1,5 @@
 // CPU kernels of the class-statistics family (FAMix's class-wise statistic mining):
-//  * patch_dominant_class: the mode of the labels of each patch of a grid (SPEC 3).
+//  * patch_dominant_class: the mode of the labels of each patch of a grid (FAMix's per-patch class; ties to the smallest value).
 //  * class_mean_std: per image, the mean and std of each channel over the pixels of each class.
 //
 // Label maps are spatially coherent (long runs of one class along a row), so both kernels work on runs:
@@ -13,7 +13,6 @@
 // the ignore value (dominant class) is reported as an error; class_mean_std skips such pixels.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -23,13 +22,15 @@
 #include <limits>
 #include <vector>
 
+#include "common.h"
+
 namespace styleda_fast {
 namespace {
 
 void check_labels(const at::Tensor& labels, const char* name) {
-  TORCH_CHECK(labels.device().is_cpu(), "styleda_fast: ", name, " must be a CPU tensor for the CPU kernel");
-  TORCH_CHECK(labels.dim() == 3, "styleda_fast: ", name, " must be 3-D (B, H, W), got ", labels.dim(), " dims");
-  TORCH_CHECK(at::isIntegralType(labels.scalar_type(), /*includeBool=*/false), "styleda_fast: ", name,
+  TORCH_CHECK_VALUE(labels.device().is_cpu(), "styleda_fast: ", name, " must be a CPU tensor for the CPU kernel");
+  TORCH_CHECK_VALUE(labels.dim() == 3, "styleda_fast: ", name, " must be 3-D (B, H, W), got ", labels.dim(), " dims");
+  TORCH_CHECK_TYPE(at::isIntegralType(labels.scalar_type(), /*includeBool=*/false), "styleda_fast: ", name,
               " must be an integer tensor, got ", labels.scalar_type());
 }
 
@@ -77,7 +78,7 @@ inline int64_t vote(const int64_t* hist, int64_t num_classes, int64_t ignore_ind
 template <typename L>
 void dominant_class_kernel(const L* labels, int64_t* out, int64_t batch, int64_t height, int64_t width, int64_t gh,
                            int64_t gw, int64_t num_classes, int64_t ignore_index, bool count_ignore,
-                           std::atomic<bool>& bad_label) {
+                           std::atomic<int64_t>& first_bad) {
   const std::vector<int64_t> rows = bounds(height, gh), cols = bounds(width, gw);
   const int64_t slots = num_classes + 1;
   // Small maps run on one thread: waking the pool costs more than counting a few thousand labels.
@@ -88,7 +89,7 @@ void dominant_class_kernel(const L* labels, int64_t* out, int64_t batch, int64_t
     while (pull(begin, end)) for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / gh, i = task % gh;
       std::fill(hist.begin(), hist.end(), 0);
-      bool bad = false;
+      int64_t bad = std::numeric_limits<int64_t>::max();  // flat index of the task's first invalid label
       for (int64_t r = rows[i]; r < rows[i + 1]; ++r) {
         const L* row = labels + (b * height + r) * width;
         for (int64_t j = 0; j < gw; ++j) {
@@ -106,12 +107,13 @@ void dominant_class_kernel(const L* labels, int64_t* out, int64_t batch, int64_t
             } else if (value == ignore_index) {
               h[num_classes] += w - start;
             } else {
-              bad = true;  // never used as an index
+              bad = std::min(bad, (b * height + r) * width + start);  // never used as an index
             }
           }
         }
       }
-      if (bad) bad_label.store(true, std::memory_order_relaxed);
+      for (int64_t seen = first_bad.load(); bad < seen && !first_bad.compare_exchange_weak(seen, bad);) {
+      }
       for (int64_t j = 0; j < gw; ++j)
         out[(b * gh + i) * gw + j] = vote(hist.data() + j * slots, num_classes, ignore_index, count_ignore);
     }
@@ -121,19 +123,22 @@ void dominant_class_kernel(const L* labels, int64_t* out, int64_t batch, int64_t
 at::Tensor patch_dominant_class_cpu(const at::Tensor& labels_in, int64_t gh, int64_t gw, int64_t num_classes,
                                     int64_t ignore_index, bool count_ignore) {
   check_labels(labels_in, "labels");
-  TORCH_CHECK(num_classes >= 1, "styleda_fast: num_classes must be >= 1, got ", num_classes);
-  TORCH_CHECK(gh >= 1 && gw >= 1 && gh <= labels_in.size(1) && gw <= labels_in.size(2), "styleda_fast: grid (", gh,
+  TORCH_CHECK_VALUE(num_classes >= 1, "styleda_fast: num_classes must be >= 1, got ", num_classes);
+  TORCH_CHECK_VALUE(gh >= 1 && gw >= 1 && gh <= labels_in.size(1) && gw <= labels_in.size(2), "styleda_fast: grid (", gh,
               ", ", gw, ") must be >= 1 and <= the label size (", labels_in.size(1), ", ", labels_in.size(2), ")");
   const at::Tensor labels = labels_in.contiguous();
   const int64_t batch = labels.size(0), height = labels.size(1), width = labels.size(2);
   at::Tensor out = at::empty({batch, gh, gw}, labels.options().dtype(at::kLong));
-  std::atomic<bool> bad_label{false};
+  std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
   AT_DISPATCH_INTEGRAL_TYPES(labels.scalar_type(), "patch_dominant_class_cpu", [&] {
     dominant_class_kernel(labels.const_data_ptr<scalar_t>(), out.data_ptr<int64_t>(), batch, height, width, gh, gw,
-                          num_classes, ignore_index, count_ignore, bad_label);
+                          num_classes, ignore_index, count_ignore, first_bad);
   });
-  TORCH_CHECK(!bad_label.load(), "styleda_fast: labels has a value outside [0, num_classes = ", num_classes,
-              ") that is not ignore_index = ", ignore_index);
+  const int64_t bad = first_bad.load();
+  TORCH_CHECK_VALUE(bad == std::numeric_limits<int64_t>::max(), "styleda_fast: labels must hold train ids in [0, ",
+                    "num_classes = ", num_classes, ") or ignore_index = ", ignore_index, "; found ",
+                    labels.flatten()[bad].item<int64_t>(), " at (", bad / (height * width), ", ",
+                    bad / width % height, ", ", bad % width, ")");
   return out;
 }
 
@@ -162,7 +167,7 @@ void image_runs(const L* labels, int64_t height, int64_t width, int64_t num_clas
   }
 }
 
-template <typename T, typename A = at::opmath_type<T>>
+template <typename T, typename A = acc_t<T>>
 inline A run_sum(const T* x, int64_t n) {
   A s = A(0);
 #pragma omp simd reduction(+ : s)
@@ -170,7 +175,7 @@ inline A run_sum(const T* x, int64_t n) {
   return s;
 }
 
-template <typename T, typename A = at::opmath_type<T>>
+template <typename T, typename A = acc_t<T>>
 inline A run_centered_squares(const T* x, int64_t n, A mean) {
   A s = A(0);
 #pragma omp simd reduction(+ : s)
@@ -183,9 +188,9 @@ inline A run_centered_squares(const T* x, int64_t n, A mean) {
 
 template <typename T>
 void class_mean_std_kernel(const T* x, const std::vector<std::vector<Run>>& runs, const int64_t* count,
-                           at::opmath_type<T>* mean_out, at::opmath_type<T>* std_out, int64_t batch, int64_t channels,
+                           acc_t<T>* mean_out, acc_t<T>* std_out, int64_t batch, int64_t channels,
                            int64_t plane, int64_t num_classes, double eps) {
-  using A = at::opmath_type<T>;
+  using A = acc_t<T>;
   const int64_t grain = std::max<int64_t>(1, kPixelsPerThread / std::max<int64_t>(1, plane));
   parallel_dynamic(batch * channels, std::max<int64_t>(grain, 4), [&](auto& pull) {
     std::vector<double> sum(num_classes), sq(num_classes);
@@ -214,19 +219,17 @@ void class_mean_std_kernel(const T* x, const std::vector<std::vector<Run>>& runs
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> class_mean_std_cpu(const at::Tensor& x_in, const at::Tensor& labels_in,
                                                                   int64_t num_classes, double eps) {
-  TORCH_CHECK(x_in.device().is_cpu(), "styleda_fast: x must be a CPU tensor for the CPU kernel");
-  TORCH_CHECK(x_in.dim() == 4, "styleda_fast: x must be 4-D (B, C, H, W), got ", x_in.dim(), " dims");
-  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "styleda_fast: x must be floating point, got ",
-              x_in.scalar_type());
+  check_cpu_float(x_in, "x");
+  TORCH_CHECK_VALUE(x_in.dim() == 4, "styleda_fast: x must be 4-D (B, C, H, W), got ", x_in.dim(), " dims");
   check_labels(labels_in, "labels");
-  TORCH_CHECK(labels_in.size(0) == x_in.size(0) && labels_in.size(1) == x_in.size(2) &&
+  TORCH_CHECK_VALUE(labels_in.size(0) == x_in.size(0) && labels_in.size(1) == x_in.size(2) &&
                   labels_in.size(2) == x_in.size(3),
               "styleda_fast: labels must be (B, H, W) = (", x_in.size(0), ", ", x_in.size(2), ", ", x_in.size(3),
               ") to match x, got ", labels_in.sizes());
-  TORCH_CHECK(num_classes >= 1, "styleda_fast: num_classes must be >= 1, got ", num_classes);
+  TORCH_CHECK_VALUE(num_classes >= 1, "styleda_fast: num_classes must be >= 1, got ", num_classes);
   const at::Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
   const int64_t batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_dtype(x);
   at::Tensor mean = at::empty({batch, num_classes, channels}, x.options().dtype(acc));
   at::Tensor std = at::empty_like(mean);
   at::Tensor count = at::zeros({batch, num_classes}, x.options().dtype(at::kLong));
@@ -241,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> class_mean_std_cpu(const at::Tens
   for (int64_t b = 0; b < batch; ++b)
     for (const Run& run : runs[b]) n[b * num_classes + run.label] += run.length;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "class_mean_std_cpu", [&] {
-    using A = at::opmath_type<scalar_t>;
+    using A = acc_t<scalar_t>;
     class_mean_std_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), runs, n, mean.data_ptr<A>(), std.data_ptr<A>(),
                                     batch, channels, height * width, num_classes, eps);
   });
@@ -251,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> class_mean_std_cpu(const at::Tens
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
-  m.set_python_module("styleda_fast._ops.class_stats");  // where the fake kernels live
+  m.set_python_module("styleda_fast.class_stats._ops");  // where the fake kernels live
   // Mode of the labels (B, H, W) in each patch of a grid_h x grid_w grid -> (B, gh, gw) int64. Labels must be in
   // [0, num_classes) or equal ignore_index; with count_ignore the ignore value votes like a class. Ties go to the
   // smallest value; a patch without votes gets ignore_index.

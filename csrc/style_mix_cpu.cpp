@@ -1,17 +1,20 @@
 // CPU kernels of the style-mix family: per-patch statistics (patch_mean_std) and patch-wise AdaIN with
 // optional mixing (local_style_mix), forward and backward.
 //
+// The operator schemas are declared here (the family's TORCH_LIBRARY_FRAGMENT, at the end of the file).
+//
 // Memory traffic is the cost here, so each kernel reads x from memory once:
-//  * NCHW: one task per (image, channel) plane. The plane (192x192 floats = 147 KB at the FAMix shape) stays
-//    in L2 between the statistics passes and the output pass.
-//  * channels_last (NHWC): one task per (image, patch, block of channels); the block is sized to stay in L2.
+//  * NCHW: one task per (image, channel, row of patches). Its rows (192 rows of 64 floats = 48 KB at the FAMix
+//    shape, grid 3) stay in L1/L2 between the statistics passes and the output pass.
+//  * channels_last (NHWC): one task per (image, patch, block of up to 256 channels), whose data lives in L2/L3.
 // Statistics are two-pass (mean, then centered squares) over the cached data. Each run of a row is summed
 // in the accumulation type with SIMD lanes and added to a double, so long patches lose no precision.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "common.h"
 
 #include <algorithm>
 #include <cmath>
@@ -44,30 +47,27 @@ enum class Layout { kNCHW, kNHWC };
 
 Layout layout_of(const at::Tensor& x) {
   if (x.is_contiguous()) return Layout::kNCHW;
-  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
+  TORCH_CHECK_VALUE(x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "styleda_fast: x must be contiguous or channels_last contiguous");
   return Layout::kNHWC;
 }
 
 void check_grid(const at::Tensor& x, int64_t gh, int64_t gw) {
-  TORCH_CHECK(x.dim() == 4, "styleda_fast: x must be 4-D (B, C, H, W), got ", x.dim(), " dims");
-  TORCH_CHECK(gh >= 1 && gw >= 1 && gh <= x.size(2) && gw <= x.size(3),
+  TORCH_CHECK_VALUE(x.dim() == 4, "styleda_fast: x must be 4-D (B, C, H, W), got ", x.dim(), " dims");
+  TORCH_CHECK_VALUE(gh >= 1 && gw >= 1 && gh <= x.size(2) && gw <= x.size(3),
               "styleda_fast: grid (", gh, ", ", gw, ") must be >= 1 and <= (H, W) = (", x.size(2), ", ",
               x.size(3), ")");
 }
 
 // A per-patch parameter tensor must be (B, C, gh, gw), contiguous, in the accumulation dtype.
 void check_patch_param(const at::Tensor& p, const char* name, const PatchGrid& g, at::ScalarType acc) {
-  TORCH_CHECK(p.dim() == 4 && p.size(0) == g.batch && p.size(1) == g.channels && p.size(2) == g.grid_h &&
+  TORCH_CHECK_VALUE(p.dim() == 4 && p.size(0) == g.batch && p.size(1) == g.channels && p.size(2) == g.grid_h &&
                   p.size(3) == g.grid_w,
               "styleda_fast: ", name, " must have shape (B, C, gh, gw) = (", g.batch, ", ", g.channels, ", ",
               g.grid_h, ", ", g.grid_w, "), got ", p.sizes());
-  TORCH_CHECK(p.is_contiguous() && p.scalar_type() == acc && p.device().is_cpu(),
+  TORCH_CHECK_VALUE(p.is_contiguous() && p.scalar_type() == acc && p.device().is_cpu(),
               "styleda_fast: ", name, " must be a contiguous CPU tensor of dtype ", acc);
 }
-
-template <typename T>
-using acc_t = at::opmath_type<T>;
 
 // Everything one kernel call needs about the per-patch parameters, as raw pointers into (B, C, gh, gw) tensors.
 template <typename A>
@@ -106,7 +106,7 @@ constexpr int64_t kRowsPerFlush = 64;
 // channels, lanes = channels, each lane its own patch). `row_ptr(r)` gives the offset of row r, and
 // `patch_of(k)` the local patch of lane k. Sums of lanes are flushed into per-patch doubles.
 
-template <typename T, typename RowOffset, typename PatchOf>
+template <typename RowOffset, typename PatchOf>
 struct Task {
   int64_t rows, lanes, patches;
   RowOffset row_offset;
@@ -175,7 +175,7 @@ void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
         const int64_t base = bc * g.height * g.width + g.rows[i] * g.width, width = g.width;
         auto row_offset = [base, width](int64_t r) { return base + r * width; };
         auto patch_of = [&col_patch](int64_t k) { return col_patch[k]; };
-        Task<T, decltype(row_offset), decltype(patch_of)> t{g.rows[i + 1] - g.rows[i], g.width, g.grid_w, row_offset,
+        Task<decltype(row_offset), decltype(patch_of)> t{g.rows[i + 1] - g.rows[i], g.width, g.grid_w, row_offset,
                                                             patch_of};
         run(t, param, count, scratch);
       }
@@ -199,7 +199,7 @@ void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
         const int64_t* pixel_offset = offsets.data();
         auto row_offset = [pixel_offset](int64_t r) { return pixel_offset[r]; };
         auto patch_of = [](int64_t k) { return k; };
-        Task<T, decltype(row_offset), decltype(patch_of)> t{g.count(i, j), nc, nc, row_offset, patch_of};
+        Task<decltype(row_offset), decltype(patch_of)> t{g.count(i, j), nc, nc, row_offset, patch_of};
         run(t, param, count, scratch);
       }
     });
@@ -230,14 +230,21 @@ at::Tensor empty_output_like(const at::Tensor& x) {
   return at::empty_like(x);
 }
 
-at::ScalarType acc_dtype(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+void check_input(const at::Tensor& x) { check_cpu_float(x, "x"); }
 
-void check_input(const at::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu(), "styleda_fast: x must be a CPU tensor for the CPU kernel");
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "styleda_fast: x must be a floating tensor, got ",
-              x.scalar_type());
+// Raw pointers to the per-patch tensors of one call (target_* and mix absent for patch_mean_std).
+template <typename A>
+PatchParams<A> patch_params(const at::Tensor& mean, const at::Tensor& std, const at::Tensor* target_mean,
+                            const at::Tensor* target_std, const c10::optional<at::Tensor>& mix) {
+  PatchParams<A> prm;
+  prm.mean = mean.data_ptr<A>();
+  prm.std = std.data_ptr<A>();
+  if (target_mean) {
+    prm.target_mean = target_mean->const_data_ptr<A>();
+    prm.target_std = target_std->const_data_ptr<A>();
+    prm.mix = mix.has_value() ? mix->const_data_ptr<A>() : nullptr;
+  }
+  return prm;
 }
 
 // Runs the forward (statistics always; output when out is given) into mean/std.
@@ -247,14 +254,7 @@ void run_forward(const at::Tensor& x_in, at::Tensor* out, const PatchGrid& g, do
   const Layout layout = layout_of(x_in);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "styleda_fast_forward", [&] {
     using A = acc_t<scalar_t>;
-    PatchParams<A> prm;
-    prm.mean = mean.data_ptr<A>();
-    prm.std = std.data_ptr<A>();
-    if (target_mean) {
-      prm.target_mean = target_mean->const_data_ptr<A>();
-      prm.target_std = target_std->const_data_ptr<A>();
-      prm.mix = mix.has_value() ? mix->const_data_ptr<A>() : nullptr;
-    }
+    const PatchParams<A> prm = patch_params<A>(mean, std, target_mean, target_std, mix);
     const scalar_t* x = x_in.const_data_ptr<scalar_t>();
     scalar_t* out_data = out ? out->data_ptr<scalar_t>() : nullptr;
     for_each_task<scalar_t>(layout, g, [&](const auto& t, const auto& param, const auto& count, Scratch<A>& scratch) {
@@ -307,7 +307,7 @@ void local_style_mix_into_cpu(const at::Tensor& x, const at::Tensor& target_mean
   check_input(x);
   check_grid(x, gh, gw);
   layout_of(x);
-  TORCH_CHECK(out.sizes() == x.sizes() && out.strides() == x.strides() && out.scalar_type() == x.scalar_type() &&
+  TORCH_CHECK_VALUE(out.sizes() == x.sizes() && out.strides() == x.strides() && out.scalar_type() == x.scalar_type() &&
                   out.device() == x.device(),
               "styleda_fast: out must have x's shape, strides, dtype and device");
   const PatchGrid g(x, gh, gw);
@@ -326,14 +326,7 @@ void run_backward(const at::Tensor* grad_out, const at::Tensor& x, at::Tensor* g
   const Layout layout = layout_of(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "styleda_fast_backward", [&] {
     using A = acc_t<scalar_t>;
-    PatchParams<A> prm;
-    prm.mean = mean.data_ptr<A>();
-    prm.std = std.data_ptr<A>();
-    if (target_mean) {
-      prm.target_mean = target_mean->const_data_ptr<A>();
-      prm.target_std = target_std->const_data_ptr<A>();
-      prm.mix = mix.has_value() ? mix->const_data_ptr<A>() : nullptr;
-    }
+    PatchParams<A> prm = patch_params<A>(mean, std, target_mean, target_std, mix);
     prm.grad_mixed_mean = grad_mixed_mean.data_ptr<A>();
     prm.grad_mixed_std = grad_mixed_std.data_ptr<A>();
     const scalar_t* dy = grad_out ? grad_out->const_data_ptr<scalar_t>() : nullptr;
@@ -376,7 +369,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_style_mix_backward_cpu(
     bool compute_grad_x) {
   check_input(x_in);
   check_grid(x_in, mean.size(2), mean.size(3));
-  TORCH_CHECK(grad_out_in.sizes() == x_in.sizes() && grad_out_in.scalar_type() == x_in.scalar_type(),
+  TORCH_CHECK_VALUE(grad_out_in.sizes() == x_in.sizes() && grad_out_in.scalar_type() == x_in.scalar_type(),
               "styleda_fast: grad_out must have x's shape and dtype");
   const at::Tensor x = x_in.is_contiguous(at::MemoryFormat::ChannelsLast) ? x_in : x_in.contiguous();
   const at::Tensor grad_out = like_layout(grad_out_in, x);
@@ -393,6 +386,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_style_mix_backward_cpu(
 }
 
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
+  m.set_python_module("styleda_fast.style_mix._ops");  // where the fake kernels live
+  // Per-patch statistics of x (B, C, H, W) over a grid_h x grid_w grid: mean and std (B, C, gh, gw),
+  // in float32 for half inputs (float64 for double).
+  m.def("patch_mean_std(Tensor x, int grid_h, int grid_w, float eps) -> (Tensor mean, Tensor std)");
+  m.def(
+      "patch_mean_std_backward(Tensor grad_mean, Tensor grad_std, Tensor x, Tensor mean, Tensor std)"
+      " -> Tensor grad_x");
+  // Patch-wise AdaIN with optional mixing; target_mean/target_std/mix are (B, C, gh, gw) in the
+  // accumulation dtype. Also returns the patch statistics, which the backward reuses.
+  m.def(
+      "local_style_mix(Tensor x, Tensor target_mean, Tensor target_std, Tensor? mix, int grid_h, int grid_w,"
+      " bool relu, float eps) -> (Tensor out, Tensor mean, Tensor std)");
+  // Same, written into a preallocated `out` (which may be x itself); no autograd.
+  m.def(
+      "local_style_mix_into(Tensor x, Tensor target_mean, Tensor target_std, Tensor? mix, int grid_h,"
+      " int grid_w, bool relu, float eps, Tensor(a!) out) -> ()");
+  // Gradient of local_style_mix. grad_mixed_mean / grad_mixed_std are the per-patch sums of the gradient
+  // with respect to the mixed target statistics (B, C, gh, gw); grad_x is empty unless compute_grad_x.
+  m.def(
+      "local_style_mix_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor std, Tensor target_mean,"
+      " Tensor target_std, Tensor? mix, bool relu, bool compute_grad_x)"
+      " -> (Tensor grad_x, Tensor grad_mixed_mean, Tensor grad_mixed_std)");
+}
 
 TORCH_LIBRARY_IMPL(styleda_fast, CPU, m) {
   m.impl("patch_mean_std", &patch_mean_std_cpu);

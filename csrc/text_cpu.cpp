@@ -1,13 +1,13 @@
-// Text-side operators (SPEC sections 4 and 5): noisy projection of CLIP text targets, the fused CLIP cosine loss
+// Text-side operators (styleda_fast/text/README.md): noisy projection of CLIP text targets, the fused CLIP cosine loss
 // of style mining, and the noisy synthesized features of style mining. Schemas are declared here, once, in this
 // family's TORCH_LIBRARY_FRAGMENT; the CPU kernels follow. Fake kernels, autograd and the CUDA (Triton) kernels are
-// registered from styleda_fast/_ops/text.py.
+// registered from styleda_fast/text/_ops.py.
 //
 // Noise: counter-based Philox4x32-10 (the generator of tl.philox / tl.randn), keyed by the 64-bit seed, with a
 // counter that names the element being drawn, so a value never depends on thread count or scheduling. Each counter
 // gives four uniforms and, by Box-Muller on pairs, four normals, with the same integer-to-float and Box-Muller steps
 // as triton.language.random. The layouts (which counter and which of its four outputs serves which element) are the
-// same as in styleda_fast/_triton/text.py:
+// same as in styleda_fast/text/_triton.py:
 //  * text noise eps[k, s, d]: Q = ceil(D/4), d = q*Q + j: output q of counter (j, offset + s, k, kTextTag);
 //  * feature noise eps[e] (e: flat element index): chunks of 4*L elements, e = chunk*4L + q*L + j: output q of
 //    counter (g_lo, g_hi, offset, kFeatureTag) with g = chunk*L + j (64-bit).
@@ -16,7 +16,6 @@
 // different (equally distributed) draws.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -26,8 +25,10 @@
 #include <cstring>
 #include <vector>
 
+#include "common.h"
+
 TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
-  m.set_python_module("styleda_fast._ops.text");  // where the fake kernels live
+  m.set_python_module("styleda_fast.text._ops");  // where the fake kernels live
   // text (K, D) -> out (K, samples, D): normalize(normalize(text[k]) + sigma * eps[k, s]); norm (K, samples) is
   // |normalize(text[k]) + sigma * eps[k, s]| in the accumulation dtype (the backward needs it). The noise of sample s
   // is stream offset + s, so samples drawn in pieces with matching offsets equal one draw.
@@ -215,23 +216,12 @@ void feature_noise(uint64_t seed, uint32_t offset, int64_t chunk, float* noise) 
   }
 }
 
-template <typename T>
-using acc_t = at::opmath_type<T>;
-
 constexpr double kNormalizeEps = 1e-12;  // F.normalize's: x / max(|x|, eps)
 constexpr double kCosineEps = 1e-8;      // F.cosine_similarity's: each norm clamped to >= eps
 
-at::ScalarType acc_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_cpu_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "styleda_fast: ", name, " must be a CPU tensor for the CPU kernel");
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "styleda_fast: ", name, " must be floating point, got ",
-              t.scalar_type());
-}
-
 void check_rows(const at::Tensor& t, const char* name) {
   check_cpu_float(t, name);
-  TORCH_CHECK(t.dim() == 2, "styleda_fast: ", name, " must be 2-D (rows, D), got ", t.dim(), " dims");
+  TORCH_CHECK_VALUE(t.dim() == 2, "styleda_fast: ", name, " must be 2-D (rows, D), got ", t.dim(), " dims");
 }
 
 // Rows per parallel task: about 16K elements of work each.
@@ -272,10 +262,10 @@ void noisy_text_row(const T* t, T* out, acc_t<T>* norm, int64_t S, int64_t D, do
 std::tuple<at::Tensor, at::Tensor> noisy_text_projection_cpu(const at::Tensor& text_in, double sigma, int64_t samples,
                                                              int64_t seed, int64_t offset) {
   check_rows(text_in, "text");
-  TORCH_CHECK(samples >= 1, "styleda_fast: samples must be >= 1, got ", samples);
-  TORCH_CHECK(offset >= 0 && offset + samples <= (int64_t(1) << 32),
+  TORCH_CHECK_VALUE(samples >= 1, "styleda_fast: samples must be >= 1, got ", samples);
+  TORCH_CHECK_VALUE(offset >= 0 && offset + samples <= (int64_t(1) << 32),
               "styleda_fast: offset + samples must be in [0, 2^32], got offset ", offset);
-  TORCH_CHECK(text_in.size(0) < (int64_t(1) << 32), "styleda_fast: at most 2^32 text rows");
+  TORCH_CHECK_VALUE(text_in.size(0) < (int64_t(1) << 32), "styleda_fast: at most 2^32 text rows");
   const at::Tensor text = text_in.contiguous();
   const int64_t K = text.size(0), D = text.size(1), S = samples, Q = (D + 3) / 4;
   at::Tensor out = at::empty({K, S, D}, text.options());
@@ -336,13 +326,13 @@ at::Tensor noisy_text_projection_backward_cpu(const at::Tensor& grad_out_in, con
   check_rows(text_in, "text");
   const at::Tensor text = text_in.contiguous();
   const int64_t K = text.size(0), D = text.size(1);
-  TORCH_CHECK(out_in.dim() == 3 && out_in.size(0) == K && out_in.size(2) == D,
+  TORCH_CHECK_VALUE(out_in.dim() == 3 && out_in.size(0) == K && out_in.size(2) == D,
               "styleda_fast: out must be (K, samples, D)");
   const int64_t S = out_in.size(1);
-  TORCH_CHECK(grad_out_in.sizes() == out_in.sizes(), "styleda_fast: grad_out must have out's shape");
-  TORCH_CHECK(norm_in.dim() == 2 && norm_in.size(0) == K && norm_in.size(1) == S,
+  TORCH_CHECK_VALUE(grad_out_in.sizes() == out_in.sizes(), "styleda_fast: grad_out must have out's shape");
+  TORCH_CHECK_VALUE(norm_in.dim() == 2 && norm_in.size(0) == K && norm_in.size(1) == S,
               "styleda_fast: norm must be (K, samples)");
-  TORCH_CHECK(grad_out_in.scalar_type() == text.scalar_type() && out_in.scalar_type() == text.scalar_type() &&
+  TORCH_CHECK_VALUE(grad_out_in.scalar_type() == text.scalar_type() && out_in.scalar_type() == text.scalar_type() &&
                   norm_in.scalar_type() == acc_dtype(text),
               "styleda_fast: grad_out and out must have text's dtype, norm its accumulation dtype");
   const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), norm = norm_in.contiguous();
@@ -389,7 +379,7 @@ RowDots row_dots(const T* z, const T* t, int64_t D) {
 void check_pair(const at::Tensor& image, const at::Tensor& text) {
   check_rows(image, "image");
   check_rows(text, "text");
-  TORCH_CHECK(image.sizes() == text.sizes() && image.scalar_type() == text.scalar_type(),
+  TORCH_CHECK_VALUE(image.sizes() == text.sizes() && image.scalar_type() == text.scalar_type(),
               "styleda_fast: image and text must have the same shape and dtype, got ", image.sizes(), " ",
               image.scalar_type(), " and ", text.sizes(), " ", text.scalar_type());
 }
@@ -398,7 +388,7 @@ at::Tensor clip_cosine_loss_cpu(const at::Tensor& image_in, const at::Tensor& te
   check_pair(image_in, text_in);
   const at::Tensor image = image_in.contiguous(), text = text_in.contiguous();
   const int64_t B = image.size(0), D = image.size(1);
-  TORCH_CHECK(B >= 1, "styleda_fast: clip_cosine_loss needs at least one row");
+  TORCH_CHECK_VALUE(B >= 1, "styleda_fast: clip_cosine_loss needs at least one row");
   std::vector<double> cos(B);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "clip_cosine_loss_cpu", [&] {
     const scalar_t* z = image.const_data_ptr<scalar_t>();
@@ -430,7 +420,7 @@ void cosine_row_grad(T* grad, const T* own, const T* other, double cross, double
 std::tuple<at::Tensor, at::Tensor> clip_cosine_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& image_in,
                                                                  const at::Tensor& text_in, bool compute_grad_text) {
   check_pair(image_in, text_in);
-  TORCH_CHECK(grad_loss.numel() == 1, "styleda_fast: grad_loss must have one element");
+  TORCH_CHECK_VALUE(grad_loss.numel() == 1, "styleda_fast: grad_loss must have one element");
   const at::Tensor image = image_in.contiguous(), text = text_in.contiguous();
   const int64_t B = image.size(0), D = image.size(1);
   at::Tensor grad_image = at::empty_like(image);
@@ -467,10 +457,10 @@ struct Planes {
 
 Planes check_style_features(const at::Tensor& xn, const at::Tensor& mean, const at::Tensor& std) {
   check_cpu_float(xn, "xn");
-  TORCH_CHECK(xn.dim() >= 2, "styleda_fast: xn must be (B, C, ...), got ", xn.dim(), " dims");
+  TORCH_CHECK_VALUE(xn.dim() >= 2, "styleda_fast: xn must be (B, C, ...), got ", xn.dim(), " dims");
   const auto acc = acc_dtype(xn);
   for (const auto* p : {&mean, &std}) {
-    TORCH_CHECK(p->dim() == 2 && p->size(0) == xn.size(0) && p->size(1) == xn.size(1) && p->is_contiguous() &&
+    TORCH_CHECK_VALUE(p->dim() == 2 && p->size(0) == xn.size(0) && p->size(1) == xn.size(1) && p->is_contiguous() &&
                     p->scalar_type() == acc && p->device().is_cpu(),
                 "styleda_fast: mean and std must be contiguous (B, C) = (", xn.size(0), ", ", xn.size(1),
                 ") CPU tensors of dtype ", acc, ", got ", p->sizes(), " ", p->scalar_type());
@@ -482,7 +472,7 @@ Planes check_style_features(const at::Tensor& xn, const at::Tensor& mean, const 
 at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& mean, const at::Tensor& std,
                                    double noise_scale, int64_t seed, int64_t offset) {
   const Planes pl = check_style_features(xn_in, mean, std);
-  TORCH_CHECK(offset >= 0 && offset < (int64_t(1) << 32), "styleda_fast: offset must be in [0, 2^32), got ", offset);
+  TORCH_CHECK_VALUE(offset >= 0 && offset < (int64_t(1) << 32), "styleda_fast: offset must be in [0, 2^32), got ", offset);
   const at::Tensor xn = xn_in.contiguous();
   at::Tensor out = at::empty_like(xn);
   const int64_t N = xn.numel(), chunk_size = 4 * kFeatureGroups, chunks = (N + chunk_size - 1) / chunk_size;
@@ -531,7 +521,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_style_features_backward_cpu
                                                                                  const at::Tensor& std,
                                                                                  bool compute_grad_xn) {
   const Planes pl = check_style_features(xn_in, mean, std);
-  TORCH_CHECK(grad_out_in.sizes() == xn_in.sizes() && grad_out_in.scalar_type() == xn_in.scalar_type(),
+  TORCH_CHECK_VALUE(grad_out_in.sizes() == xn_in.sizes() && grad_out_in.scalar_type() == xn_in.scalar_type(),
               "styleda_fast: grad_out must have xn's shape and dtype");
   const at::Tensor xn = xn_in.contiguous(), grad_out = grad_out_in.contiguous();
   at::Tensor grad_mean = at::empty_like(mean), grad_std = at::empty_like(std);

@@ -6,13 +6,11 @@ CPU tensors run fused C++ kernels, CUDA tensors fused Triton kernels; ``backends
 ``use_backend(name)`` forces one.
 """
 
-from styleda_fast import _ops  # noqa: F401  (registers fake kernels, autograd and CUDA kernels of the operators)
 from styleda_fast._backend import BackendStatus, backends, use_backend
 from styleda_fast.class_stats import class_mean_std, labels_to_size, patch_dominant_class
 from styleda_fast.prompts import CITYSCAPES_CLASSES, FAMIX_STYLES, IMAGENET_TEMPLATES, famix_descriptions
-from styleda_fast.reference import patch_bounds
 from styleda_fast.style_bank import StyleBank
-from styleda_fast.style_mix import local_style_mix, patch_mean_std
+from styleda_fast.style_mix import local_style_mix, patch_bounds, patch_mean_std
 from styleda_fast.text import clip_cosine_loss, encode_prompts, noisy_style_features, noisy_text_projection
 
 __version__ = "0.1.0"

@@ -4,11 +4,12 @@ plain-PyTorch reference. ``use_backend`` forces one, e.g. Triton on CPU tensors 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.util
 import os
 import warnings
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 
@@ -47,7 +48,8 @@ def _triton_problem() -> str | None:
 
 
 _TRITON_PROBLEM = _triton_problem()
-_forced: str | None = None
+# per thread and per asyncio task: a `use_backend` block in one thread does not change another thread's calls
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("styleda_fast_backend", default=None)
 _warned: set[str] = set()
 
 
@@ -68,23 +70,24 @@ def use_backend(name: str) -> Iterator[None]:
     """Force every styleda_fast operation inside the ``with`` block to run on backend ``name``.
 
     ``name`` is ``"reference"``, ``"cpp"`` or ``"triton"``. Using a backend that cannot run the given tensors
-    (e.g. ``"cpp"`` with CUDA tensors) raises a ``ValueError`` at the call.
+    (e.g. ``"cpp"`` with CUDA tensors) raises a ``ValueError`` at the call. The choice holds for the calling
+    thread (and asyncio task) only; other threads keep theirs, and the previous choice is restored on exit.
     """
-    global _forced
     if name not in BACKENDS:
         raise ValueError(f"use_backend: name must be one of {BACKENDS}, got {name!r}")
-    previous, _forced = _forced, name
+    token = _forced.set(name)
     try:
         yield
     finally:
-        _forced = previous
+        _forced.reset(token)
 
 
 def select_backend(device: torch.device) -> str:
     """The backend that runs an operation on tensors of ``device``: the forced one, or the fastest available."""
-    if _forced is not None:
-        _check_forced(_forced, device)
-        return _forced
+    forced = _forced.get()
+    if forced is not None:
+        _check_forced(forced, device)
+        return forced
     if device.type == "cpu":
         return "cpp" if _CPP_PROBLEM is None else _fallback("cpp", _CPP_PROBLEM)
     if device.type == "cuda":
@@ -114,3 +117,17 @@ def _fallback(name: str, problem: str) -> str:
         _warned.add(name)
         warnings.warn(f"styleda_fast: using the slow reference implementation: {problem}", stacklevel=3)
     return "reference"
+
+
+def run_op(family: str, name: str, device: torch.device, args: tuple, reference: Callable[[], Any]) -> Any:
+    """Run operator ``name`` of ``family`` on the backend chosen for ``device``: ``reference()`` (plain PyTorch),
+    the Triton launchers on CPU tensors (interpreter), or the registered operator (C++ on CPU, Triton on CUDA).
+    Both kernel paths have the operator's autograd formula."""
+    backend = select_backend(device)
+    if backend == "reference":
+        return reference()
+    if backend == "triton" and device.type == "cpu":
+        from styleda_fast._library import interpreted
+
+        return interpreted(family, name)(*args)
+    return getattr(torch.ops.styleda_fast, name)(*args)

@@ -1,4 +1,7 @@
-"""Argument checks shared by the public operations: each error names the argument at fault."""
+"""Rules shared by every operator family: the accumulation dtype and the argument checks.
+
+Error rule: a wrong type raises ``TypeError``, a wrong value ``ValueError``; each message names the argument.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,11 @@ import torch
 from torch import Tensor
 
 FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype statistics and reductions accumulate (and are returned) in: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_features(x, name: str = "x") -> None:
@@ -47,21 +55,102 @@ def check_int(value, name: str, minimum: int | None = None, maximum: int | None 
     return value
 
 
+def check_number(value, name: str, *, minimum: float = 0.0) -> float:
+    """``value`` must be a real number (int or float, not a bool), finite and ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
+    return float(value)
+
+
 def check_eps(eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    return float(eps)
+    """``eps`` (added to a variance) must be a finite number ``>= 0``."""
+    return check_number(eps, "eps")
 
 
-def per_patch(value, name: str, shape: tuple[int, int, int, int], device: torch.device, dtype: torch.dtype) -> Tensor:
+def check_float_tensor(t, name: str) -> None:
+    """``t`` must be a floating-point tensor."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_labels(labels, name: str = "labels") -> None:
+    """``labels`` must be a ``(B, H, W)`` integer tensor of train ids."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (train ids), got {labels.dtype}")
+    if labels.dim() != 3:
+        raise ValueError(f"{name} must have shape (B, H, W), got {labels.dim()} dims (shape {tuple(labels.shape)})")
+
+
+MAX_CLASSES = 1 << 20
+
+
+def check_num_classes(num_classes) -> int:
+    """At most 2^20 classes: the kernels keep a count per class and patch."""
+    return check_int(num_classes, "num_classes", 1, MAX_CLASSES)
+
+
+def check_ignore_index(ignore_index, num_classes: int) -> int:
+    """``ignore_index`` must be an int64 that is not a class id."""
+    ignore_index = check_int(ignore_index, "ignore_index", -(2**63), 2**63 - 1)
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(f"ignore_index must not be a class id in [0, num_classes = {num_classes}), got {ignore_index}")
+    return ignore_index
+
+
+def label_value_error(labels: Tensor, num_classes: int, ignore_index: int) -> ValueError:
+    """The error for labels outside ``[0, num_classes)`` that are not ``ignore_index``: where and what."""
+    lab = labels.long()
+    bad = ((lab < 0) | (lab >= num_classes)) & (lab != ignore_index)
+    where = tuple(int(i) for i in torch.nonzero(bad)[0]) if bad.any() else None
+    value = f": {int(lab[where])} at {where}" if where is not None else ""
+    return ValueError(
+        f"labels must hold train ids in [0, num_classes = {num_classes}) or ignore_index = {ignore_index}; "
+        f"found {int(bad.sum())} other value(s){value}"
+    )
+
+
+def check_label_values(labels: Tensor, num_classes: int, ignore_index: int) -> None:
+    """Raise ``ValueError`` if a label is outside ``[0, num_classes)`` and not ``ignore_index``."""
+    if labels.numel() == 0:
+        return
+    low, high = torch.aminmax(labels)
+    if int(low) >= 0 and int(high) < num_classes:
+        return
+    lab = labels.long()
+    if bool((((lab < 0) | (lab >= num_classes)) & (lab != ignore_index)).any()):
+        raise label_value_error(labels, num_classes, ignore_index)
+
+
+def per_patch(
+    value,
+    name: str,
+    shape: tuple[int, int, int, int],
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    allow_number: bool = False,
+) -> Tensor:
     """Bring a per-image or per-patch parameter to a contiguous ``shape = (B, C, gh, gw)`` tensor of ``dtype``.
 
     Accepted: ``(B, C)`` (one value per image and channel), anything that broadcasts to ``(B, C, gh, gw)`` with
-    4 dims (``(B, C, 1, 1)``, ``(B, C, gh, gw)``, ...), a 0-dim tensor, or (for ``mix``) a Python number.
+    4 dims (``(B, C, 1, 1)``, ``(B, C, gh, gw)``, ...), a 0-dim tensor, or (with ``allow_number``) a Python number,
+    taken in ``dtype`` (a float64 ``mix=0.37`` is not rounded through float32).
     The expansion stays differentiable, so gradients come back in the caller's shape and dtype.
     """
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and name == "mix":
-        value = torch.tensor(float(value), device=device)
+    if allow_number and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = torch.tensor(float(value), device=device, dtype=dtype)
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
@@ -83,3 +172,42 @@ def dense_layout(x: Tensor) -> Tensor:
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
         return x
     return x.contiguous()
+
+
+def per_item(value, name: str, B: int, C: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(C,)``, ``(B, C)`` or ``(B, C, 1, 1)`` (or anything broadcasting to ``(B, C)``) -> contiguous ``(B, C)``."""
+    check_float_tensor(value, name)
+    if value.device != device:
+        raise ValueError(f"{name} is on {value.device} but the features are on {device}; move them to one device")
+    if value.dim() == 4 and value.shape[2:] == (1, 1):
+        value = value.reshape(value.shape[0], value.shape[1])
+    if value.dim() > 2 or any(s not in (1, t) for s, t in zip(reversed(value.shape), (C, B), strict=False)):
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} does not fit (B, C) = ({B}, {C}); give (C,), (B, C) or (B, C, 1, 1)"
+        )
+    return value.to(dtype).expand(B, C).contiguous()
+
+
+# ---------------------------------------------------------------- operator-level checks
+# The registered operators can be called directly (``torch.ops.styleda_fast.<op>``), bypassing the public API. The
+# C++ kernels check their arguments; these checks give the Triton launchers the same errors before any launch.
+
+
+def require(condition: bool, message: str, error: type[Exception] = ValueError) -> None:
+    if not condition:
+        raise error(f"styleda_fast: {message}")
+
+
+def require_float(t, name: str) -> None:
+    require(isinstance(t, Tensor), f"{name} must be a tensor", TypeError)
+    require(t.is_floating_point(), f"{name} must be floating point, got {t.dtype}", TypeError)
+
+
+def require_params(t, name: str, shape: tuple, like: Tensor) -> None:
+    """A per-patch (or per-item) parameter: ``shape``, contiguous, like's accumulation dtype and device."""
+    require_float(t, name)
+    require(tuple(t.shape) == tuple(shape), f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    require(
+        t.is_contiguous() and t.dtype == acc_dtype(like.dtype) and t.device == like.device,
+        f"{name} must be a contiguous {acc_dtype(like.dtype)} tensor on {like.device}",
+    )

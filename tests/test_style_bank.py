@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from styleda_fast import StyleBank, patch_dominant_class
-from styleda_fast.reference_class_stats import sample_styles_loop
+from styleda_fast.class_stats.reference import sample_styles_loop
 from styleda_fast.style_bank import CITYSCAPES_CLASSES, UnsafePickleError, safe_unpickle
 
 C = 16

@@ -7,7 +7,8 @@ import torch
 from helpers import TOLERANCE, assert_close, available_backends, backend_device
 
 import styleda_fast
-from styleda_fast import local_style_mix, patch_mean_std, reference, use_backend
+from styleda_fast import local_style_mix, patch_mean_std, use_backend
+from styleda_fast.style_mix import reference
 
 BACKENDS = available_backends()
 KERNEL_BACKENDS = [b for b in BACKENDS if b != "reference"]

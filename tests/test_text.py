@@ -19,10 +19,10 @@ from styleda_fast import (
     famix_descriptions,
     noisy_style_features,
     noisy_text_projection,
-    reference_text,
     use_backend,
 )
-from styleda_fast._ops import text as text_ops
+from styleda_fast._library import triton_launchers
+from styleda_fast.text import reference as reference_text
 
 BACKENDS = available_backends()
 KERNEL_BACKENDS = [b for b in BACKENDS if b != "reference"]
@@ -39,7 +39,7 @@ def _dtypes(backend):
 def _kernels(backend):
     """The raw kernels of a backend (operators, or the Triton launchers for CPU tensors under the interpreter)."""
     if backend == "triton" and backend_device(backend).type == "cpu":
-        return text_ops.triton_kernels()
+        return triton_launchers("text")
     return torch.ops.styleda_fast
 
 

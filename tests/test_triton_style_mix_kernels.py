@@ -1,4 +1,4 @@
-"""The Triton style-mix launchers (styleda_fast._triton.style_mix) against the float64 reference.
+"""The Triton style-mix launchers (styleda_fast.style_mix._triton) against the float64 reference.
 
 Without a GPU the kernels run on CPU tensors through the Triton interpreter (TRITON_INTERPRET=1, set before triton
 is imported). Every case runs with the whole patch in one tile and, with MAX_TILE_ELEMENTS lowered, with tile loops.
@@ -14,8 +14,8 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
-from styleda_fast import reference  # noqa: E402
-from styleda_fast._triton import style_mix  # noqa: E402
+from styleda_fast.style_mix import _triton as style_mix  # noqa: E402
+from styleda_fast.style_mix import reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = 1e-5

@@ -21,6 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
+from styleda_fast._checks import acc_dtype
+from styleda_fast._triton_utils import tl_acc_dtype
+
 
 @triton.jit
 def _patch_histogram_kernel(
@@ -176,7 +179,7 @@ def class_mean_std(
     labels = labels.contiguous()
     B, C, H, W = x.shape
     K = num_classes
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     mean = torch.empty((B, K, C), dtype=acc, device=x.device)
     std = torch.empty_like(mean)
     count = torch.zeros((B, K), dtype=torch.int64, device=x.device)
@@ -196,6 +199,6 @@ def class_mean_std(
         float(eps),
         KP=KP,
         BLOCK=BLOCK,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        ACC=tl_acc_dtype(x.dtype),
     )
     return mean, std, count

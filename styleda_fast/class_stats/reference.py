@@ -9,7 +9,7 @@
 
 Conventions (the kernels follow them):
 
-* Patches use the split of ``styleda_fast.reference.patch_bounds`` (``floor(k*size/g)``).
+* Patches use the split of ``styleda_fast.style_mix.reference.patch_bounds`` (``floor(k*size/g)``).
 * Dominant class: the mode of the patch's labels; ties go to the smallest value. With ``count_ignore`` the
   ignore value votes like a class (FAMix); without, only labelled pixels vote and a patch with none gets
   ``ignore_index``.
@@ -23,7 +23,7 @@ import random
 
 import torch
 
-from styleda_fast.reference import patch_bounds
+from styleda_fast.style_mix.reference import patch_bounds
 
 
 def patch_dominant_class_loop(

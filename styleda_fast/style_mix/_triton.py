@@ -1,7 +1,9 @@
 """Triton kernels of the style-mix family: per-patch statistics and patch-wise AdaIN with mixing, forward and backward.
 
-Same operators, signatures and numbers as the C++ CPU kernels in ``csrc/style_mix_cpu.cpp`` (see ``SPEC.md`` 1-2
-and ``styleda_fast/reference.py``). These are plain launchers without autograd; the public API validates arguments.
+Same operators, signatures and numbers as the C++ CPU kernels in ``csrc/style_mix_cpu.cpp`` (math: ``README.md``;
+specification: ``reference.py``). These are plain launchers without autograd, registered as the operators' CUDA
+kernels; ``_ops.check_arguments`` validates every call before a launch, whether it came through the public API or
+straight through ``torch.ops.styleda_fast``.
 
 Design:
 
@@ -19,13 +21,15 @@ Design:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import struct
 
 import torch
 import triton
 import triton.language as tl
+
+from styleda_fast._checks import acc_dtype
+from styleda_fast._triton_utils import device_guard, next_pow2, prev_pow2, tl_acc_dtype
 
 # Most elements one program holds in a tile. Read at every launch, so tests can lower it to exercise the tile loops.
 MAX_TILE_ELEMENTS = 4096
@@ -430,14 +434,6 @@ def _style_mix_backward_kernel(
 # ============================================ launchers ============================================
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _triton_acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _is_channels_last(x: torch.Tensor) -> bool:
     """Whether x is laid out channels_last (NCHW-contiguous wins when x is both, e.g. C == 1)."""
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -457,34 +453,26 @@ def _like_layout(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last) if _is_channels_last(x) else t.contiguous()
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
-def _prev_pow2(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
-
-
 class _TileConfig:
     """Tile shape of one program and how many programs cover x (read MAX_TILE_ELEMENTS at every launch)."""
 
     def __init__(self, x: torch.Tensor, grid_h: int, grid_w: int):
         batch, channels, height, width = x.shape
-        max_tile = _prev_pow2(MAX_TILE_ELEMENTS)
+        max_tile = prev_pow2(MAX_TILE_ELEMENTS)
         self.channels_last = _is_channels_last(x)
         patch_rows, patch_cols = -(-height // grid_h), -(-width // grid_w)  # the largest patch
         if self.channels_last:
             line = max(1, _CHANNEL_LINE_BYTES // x.element_size())
-            self.block_c = min(_next_pow2(channels), line, max_tile)
+            self.block_c = min(next_pow2(channels), line, max_tile)
         else:
             self.block_c = 1
         pixels = max(1, max_tile // self.block_c)
-        self.block_w = min(_next_pow2(patch_cols), pixels)
-        self.block_h = min(_next_pow2(patch_rows), max(1, pixels // self.block_w))
+        self.block_w = min(next_pow2(patch_cols), pixels)
+        self.block_h = min(next_pow2(patch_rows), max(1, pixels // self.block_w))
         self.single_tile = self.block_h >= patch_rows and self.block_w >= patch_cols
         if not self.channels_last and self.single_tile:
             # Small NCHW patches: several channel planes per program, so that programs stay large.
-            self.block_c = min(_next_pow2(channels), max(1, max_tile // (self.block_h * self.block_w)))
+            self.block_c = min(next_pow2(channels), max(1, max_tile // (self.block_h * self.block_w)))
         # Power of two (<= 16) dividing every patch's first column and width; 1 where columns are not contiguous.
         column_starts = math.gcd(*((j * width) // grid_w for j in range(grid_w + 1)))
         self.column_multiple = 1 if self.channels_last else math.gcd(column_starts, 16)
@@ -505,10 +493,6 @@ class _TileConfig:
         }
 
 
-def _device_guard(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-
-
 def _split_float(value: float) -> tuple[float, float]:
     """(hi, lo) with hi a float32 and hi + lo == value to ~48 bits: floats reach kernels as float32."""
     hi = struct.unpack("f", struct.pack("f", value))[0]
@@ -517,17 +501,16 @@ def _split_float(value: float) -> tuple[float, float]:
 
 def _new_patch_params(x: torch.Tensor, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
     shape = (x.shape[0], x.shape[1], grid_h, grid_w)
-    dtype = _acc_dtype(x.dtype)
+    dtype = acc_dtype(x.dtype)
     return torch.empty(shape, dtype=dtype, device=x.device), torch.empty(shape, dtype=dtype, device=x.device)
 
 
 def _launch_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps) -> None:
     """Statistics into mean/std and, when target_mean is given, the transferred output into out."""
-    assert x.dim() == 4 and 1 <= grid_h <= x.shape[2] and 1 <= grid_w <= x.shape[3]
     config = _TileConfig(x, grid_h, grid_w)
     has_target = target_mean is not None
     eps_hi, eps_lo = _split_float(float(eps))
-    with _device_guard(x):
+    with device_guard(x):
         _style_mix_forward_kernel[(config.programs,)](
             x,
             out if has_target else x,
@@ -545,7 +528,7 @@ def _launch_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, gri
             *x.stride(),
             eps_hi,
             eps_lo,
-            ACC=_triton_acc_dtype(x.dtype),
+            ACC=tl_acc_dtype(x.dtype),
             HAS_TARGET=has_target,
             HAS_MIX=mix is not None,
             RELU=bool(relu),
@@ -557,7 +540,7 @@ def _launch_backward(grad_out, x, grad_x, mean, std, target_mean, target_std, mi
     """See _style_mix_backward_kernel; grad_out None selects the patch_mean_std backward, grad_x None skips dx."""
     config = _TileConfig(x, mean.shape[2], mean.shape[3])
     has_grad_out = grad_out is not None
-    with _device_guard(x):
+    with device_guard(x):
         _style_mix_backward_kernel[(config.programs,)](
             grad_out if has_grad_out else x,
             x,
@@ -576,7 +559,7 @@ def _launch_backward(grad_out, x, grad_x, mean, std, target_mean, target_std, mi
             mean.shape[3],
             config.channel_blocks,
             *x.stride(),
-            ACC=_triton_acc_dtype(x.dtype),
+            ACC=tl_acc_dtype(x.dtype),
             HAS_GRAD_OUT=has_grad_out,
             HAS_MIX=mix is not None,
             RELU=bool(relu),
@@ -641,8 +624,6 @@ def local_style_mix_into(
     out: torch.Tensor,
 ) -> None:
     """local_style_mix writing into out (x's shape, strides and dtype); out may be x itself (in place)."""
-    assert x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-    assert out.shape == x.shape and out.stride() == x.stride() and out.dtype == x.dtype
     mean, std = _new_patch_params(x, grid_h, grid_w)
     _launch_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps)
 

@@ -1,6 +1,6 @@
-"""Registration of the class-statistics operators: fake kernels, autograd, and the Triton kernels for CUDA.
+"""torch.library glue of the class-statistics operators: fake kernels and autograd; CUDA runs ``_triton.py``.
 
-The kernels live in csrc/class_stats_cpu.cpp (CPU) and styleda_fast/_triton/class_stats.py (CUDA).
+The schemas and CPU kernels live in ``csrc/class_stats_cpu.cpp``.
 
 ``class_mean_std`` is differentiable with respect to ``x``. Its backward is a few plain tensor operations
 (gathering each pixel's per-class coefficients), so it runs on every device and traces under ``torch.compile``:
@@ -10,21 +10,12 @@ with fewer than 2 pixels, whose variance is defined as 0). ``patch_dominant_clas
 
 from __future__ import annotations
 
-import types
-
 import torch
 from torch import Tensor
 
 from styleda_fast._backend import _CPP_PROBLEM
-from styleda_fast._ops._registration import register_family, triton_launchers
-
-_LIB = "styleda_fast"
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 inputs, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
+from styleda_fast._checks import MAX_CLASSES, acc_dtype, require, require_float
+from styleda_fast._library import record_autograd, register_family
 
 # ---------------------------------------------------------------- fake kernels (shapes and dtypes only)
 
@@ -88,39 +79,48 @@ def _class_mean_std_backward(ctx, grad_mean, grad_std, _grad_count):
     return class_mean_std_grad_x(grad_mean, grad_std, x, labels, mean, std, count), None, None, None
 
 
-# ---------------------------------------------------------------- Triton kernels for CUDA tensors
+# ---------------------------------------------------------------- argument checks of direct operator calls
 
 
-def triton_kernels() -> types.ModuleType:
-    """The Triton launchers of this family (imported on first use)."""
-    return triton_launchers("class_stats")
+def _check_labels_op(labels) -> None:
+    require(isinstance(labels, Tensor), "labels must be a tensor", TypeError)
+    integer = not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool)
+    require(integer, f"labels must be an integer tensor, got {labels.dtype}", TypeError)
+    require(labels.dim() == 3, f"labels must be 3-D (B, H, W), got {labels.dim()} dims")
 
 
-def _register() -> torch.library.Library:
-    return register_family(
-        "class_stats",
-        fakes={"patch_dominant_class": _patch_dominant_class_fake, "class_mean_std": _class_mean_std_fake},
-        autograd={"class_mean_std": (_class_mean_std_backward, _class_mean_std_setup)},
+def _check_num_classes_op(num_classes) -> None:
+    require(1 <= num_classes <= MAX_CLASSES, f"num_classes must be in [1, {MAX_CLASSES}], got {num_classes}")
+
+
+def _check_patch_dominant_class(labels, grid_h, grid_w, num_classes, ignore_index, count_ignore):
+    _check_labels_op(labels)
+    _check_num_classes_op(num_classes)
+    require(
+        1 <= grid_h <= labels.shape[1] and 1 <= grid_w <= labels.shape[2],
+        f"grid ({grid_h}, {grid_w}) must be >= 1 and <= (H, W) = ({labels.shape[1]}, {labels.shape[2]})",
     )
 
 
+def _check_class_mean_std(x, labels, num_classes, eps):
+    require_float(x, "x")
+    require(x.dim() == 4, f"x must be 4-D (B, C, H, W), got {x.dim()} dims")
+    _check_labels_op(labels)
+    _check_num_classes_op(num_classes)
+    require(
+        labels.shape == (x.shape[0], x.shape[2], x.shape[3]) and labels.device == x.device,
+        f"labels must be (B, H, W) = {(x.shape[0], x.shape[2], x.shape[3])} on x's device, got {tuple(labels.shape)}",
+    )
+
+
+CHECKS = {"patch_dominant_class": _check_patch_dominant_class, "class_mean_std": _check_class_mean_std}
+
+# ---------------------------------------------------------------- registration
+
+FAKES = {"patch_dominant_class": _patch_dominant_class_fake, "class_mean_std": _class_mean_std_fake}
+AUTOGRAD = {"class_mean_std": (_class_mean_std_backward, _class_mean_std_setup)}
 # Without the compiled library the operators do not exist; the public API then runs the reference.
-_LIBRARY = _register() if _CPP_PROBLEM is None else None
-
-
-# ---------------------------------------------------------------- Triton on CPU tensors (interpreter)
-
-
-class TritonClassMeanStd(torch.autograd.Function):
-    """class_mean_std through the Triton launchers directly: for CPU tensors under TRITON_INTERPRET=1."""
-
-    @staticmethod
-    def forward(ctx, x, labels, num_classes, eps):
-        mean, std, count = triton_kernels().class_mean_std(x, labels, num_classes, eps)
-        ctx.save_for_backward(x, labels, mean, std, count)
-        ctx.mark_non_differentiable(count)
-        return mean, std, count
-
-    @staticmethod
-    def backward(ctx, grad_mean, grad_std, _grad_count):
-        return _class_mean_std_backward(ctx, grad_mean, grad_std, None)
+if _CPP_PROBLEM is None:
+    register_family("class_stats", FAKES, AUTOGRAD, CHECKS)
+else:
+    record_autograd("class_stats", AUTOGRAD, CHECKS)

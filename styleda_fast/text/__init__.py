@@ -1,4 +1,4 @@
-"""Public API of the text family (``shared/SPEC.md`` sections 4 and 5).
+"""Public API of the text family (the math: ``README.md`` next to this file).
 
 * :func:`encode_prompts`: CLIP text targets, one per description, averaged over prompt templates (PODA/FAMix).
 * :func:`noisy_text_projection`: Gaussian noise on the text targets, projected back to the unit sphere, drawn from a
@@ -11,7 +11,7 @@ Noise and seeds. The kernels draw standard normals with a counter-based generato
 seed, with a counter naming the element), so a result depends only on ``(seed, offset)`` and the input, never on
 thread count or launch order. ``seed=None`` draws the seed from ``generator`` (default: torch's global generator,
 so ``torch.manual_seed`` makes runs reproducible). The exact streams are specified by
-:mod:`styleda_fast.reference_text`; **CPU and CUDA are not promised to return the same numbers for one seed**:
+:mod:`styleda_fast.text.reference`; **CPU and CUDA are not promised to return the same numbers for one seed**:
 treat them as different, equally distributed draws (both use the same counters and Box-Muller transform, but the
 CPU kernel computes ``log``/``sqrt``/``sin``/``cos`` with its own float32 polynomials and the GPU with its math
 library, so values agree only to a few float32 ulps, and the noise is drawn in float32 for every input dtype). For
@@ -20,38 +20,28 @@ one device and backend, the same seed and inputs give the same output bit for bi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from styleda_fast import reference_text
-from styleda_fast._backend import select_backend
-from styleda_fast._checks import check_features, check_int
-from styleda_fast._ops.style_mix import acc_dtype
-from styleda_fast._ops.text import TritonClipCosineLoss, TritonNoisyStyleFeatures, TritonNoisyTextProjection
+from styleda_fast._backend import run_op
+from styleda_fast._checks import (
+    acc_dtype,
+    check_bool,
+    check_features,
+    check_float_tensor,
+    check_int,
+    check_number,
+    per_item,
+)
 from styleda_fast.prompts import IMAGENET_TEMPLATES
+from styleda_fast.text import _ops, reference  # noqa: F401  (_ops registers the operators' glue)
+
+__all__ = ["clip_cosine_loss", "draw_seed", "encode_prompts", "noisy_style_features", "noisy_text_projection"]
 
 _SEED_BOUND = 2**63 - 1
-
-# ---------------------------------------------------------------- argument checks
-
-
-def _check_float_tensor(t, name: str) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-
-
-def _check_number(value, name: str, *, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
-    return float(value)
 
 
 def draw_seed(generator: torch.Generator | None = None) -> int:
@@ -84,7 +74,7 @@ def encode_prompts(
 ) -> Tensor:
     """CLIP text targets: for each description, its template sentences encoded, averaged, then L2-normalized.
 
-    The PODA/FAMix recipe (SPEC 4): ``template.format(description)`` for every template, ``model.encode_text``,
+    The PODA/FAMix recipe : ``template.format(description)`` for every template, ``model.encode_text``,
     mean over templates, divide by the norm. Sentences of all descriptions are encoded together in batches of
     ``batch_size`` (a batch may hold several descriptions or part of one) under ``torch.no_grad()`` on the model's
     device; the model's train/eval mode is left as it is.
@@ -167,24 +157,24 @@ def noisy_text_projection(
         to ``text`` (the backward uses the saved output, never the noise). CPU and CUDA draw different (equally
         distributed) noise for one seed; see the module docstring.
     """
-    _check_float_tensor(text, "text")
+    check_float_tensor(text, "text")
     if text.dim() == 1:
         text = text[None]
     if text.dim() != 2:
         raise ValueError(f"text must be (K, D) or (D,), got shape {tuple(text.shape)}")
-    sigma = _check_number(sigma, "sigma")
+    sigma = check_number(sigma, "sigma")
     samples = check_int(samples, "samples", 1, 2**31 - 1)
     offset = check_int(offset, "offset", 0, 2**32 - samples)
     seed = _resolve_seed(seed, generator)
     text = text.contiguous()
-    backend = select_backend(text.device)
-    if backend == "reference":
+
+    def run_reference():
         acc = acc_dtype(text.dtype)
-        eps = reference_text.text_noise(text.shape[0], samples, text.shape[1], seed, offset).to(text.device, acc)
-        return reference_text.noisy_text_projection(text.to(acc), sigma, eps).to(text.dtype)
-    if backend == "triton" and text.device.type == "cpu":
-        return TritonNoisyTextProjection.apply(text, sigma, samples, seed, offset)
-    return torch.ops.styleda_fast.noisy_text_projection(text, sigma, samples, seed, offset)[0]
+        eps = reference.text_noise(text.shape[0], samples, text.shape[1], seed, offset).to(text.device, acc)
+        return reference.noisy_text_projection(text.to(acc), sigma, eps).to(text.dtype), None
+
+    args = (text, sigma, samples, seed, offset)
+    return run_op("text", "noisy_text_projection", text.device, args, run_reference)[0]
 
 
 # ---------------------------------------------------------------- clip_cosine_loss
@@ -205,10 +195,9 @@ def clip_cosine_loss(image_features: Tensor, text_targets: Tensor, *, detach_nor
         A 0-dim tensor in image_features' dtype (accumulated in float32, or float64). Differentiable with respect to
         both inputs; the backward recomputes the row norms instead of saving them.
     """
-    _check_float_tensor(image_features, "image_features")
-    _check_float_tensor(text_targets, "text_targets")
-    if not isinstance(detach_norm, bool):
-        raise TypeError(f"detach_norm must be a bool, got {type(detach_norm).__name__}")
+    check_float_tensor(image_features, "image_features")
+    check_float_tensor(text_targets, "text_targets")
+    check_bool(detach_norm, "detach_norm")
     if image_features.dim() != 2 or image_features.shape[0] == 0:
         raise ValueError(f"image_features must be (B, D) with B >= 1, got shape {tuple(image_features.shape)}")
     B, D = image_features.shape
@@ -223,35 +212,20 @@ def clip_cosine_loss(image_features: Tensor, text_targets: Tensor, *, detach_nor
             f"text_targets is on {text_targets.device} but image_features on {image_features.device}; "
             "move them to one device"
         )
-    backend = select_backend(image_features.device)
-    if backend == "reference":
-        acc = acc_dtype(image_features.dtype)
-        loss = reference_text.clip_cosine_loss(image_features.to(acc), text_targets.to(acc), detach_norm)
-        return loss.to(image_features.dtype)
     image = image_features.contiguous()
     text = text_targets.to(image.dtype).expand(B, D).contiguous()
-    if backend == "triton" and image.device.type == "cpu":
-        loss = TritonClipCosineLoss.apply(image, text)
-    else:
-        loss = torch.ops.styleda_fast.clip_cosine_loss(image, text)
+    acc = acc_dtype(image_features.dtype)
+    loss = run_op(
+        "text",
+        "clip_cosine_loss",
+        image.device,
+        (image, text),
+        lambda: reference.clip_cosine_loss(image_features.to(acc), text_targets.to(acc), detach_norm),
+    )
     return loss.to(image_features.dtype)
 
 
 # ---------------------------------------------------------------- noisy_style_features
-
-
-def _per_item(value, name: str, B: int, C: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``(C,)``, ``(B, C)`` or ``(B, C, 1, 1)`` (or anything broadcasting to ``(B, C)``) -> contiguous ``(B, C)``."""
-    _check_float_tensor(value, name)
-    if value.device != device:
-        raise ValueError(f"{name} is on {value.device} but xn is on {device}; move them to one device")
-    if value.dim() == 4 and value.shape[2:] == (1, 1):
-        value = value.reshape(value.shape[0], value.shape[1])
-    if value.dim() > 2 or any(s not in (1, t) for s, t in zip(reversed(value.shape), (C, B), strict=False)):
-        raise ValueError(
-            f"{name} of shape {tuple(value.shape)} does not fit (B, C) = ({B}, {C}); give (C,), (B, C) or (B, C, 1, 1)"
-        )
-    return value.to(dtype).expand(B, C).contiguous()
 
 
 def noisy_style_features(
@@ -266,7 +240,7 @@ def noisy_style_features(
 ) -> Tensor:
     """Synthesized features of style mining with fresh noise: ``relu(std * xn + mean) + feature_noise * eps``.
 
-    ``xn`` is the normalized content (SPEC 5: ``(x - mean0) / std0``), ``mean``/``std`` the trainable style;
+    ``xn`` is the normalized content (``(x - mean0) / std0``), ``mean``/``std`` the trainable style;
     ``eps ~ N(0, 1)`` per element is drawn inside the kernel from ``(seed, offset)`` (a new seed per call by default,
     so each optimization step gets a new draw). The noise is added after the ReLU (the synthesized features are
     perturbed, not the style), so the backward needs only the ReLU mask, recomputed from ``xn``, ``mean`` and
@@ -286,16 +260,16 @@ def noisy_style_features(
     check_features(xn, "xn")
     B, C = xn.shape[:2]
     acc = acc_dtype(xn.dtype)
-    mean = _per_item(mean, "mean", B, C, xn.device, acc)
-    std = _per_item(std, "std", B, C, xn.device, acc)
-    feature_noise = _check_number(feature_noise, "feature_noise")
+    mean = per_item(mean, "mean", B, C, xn.device, acc)
+    std = per_item(std, "std", B, C, xn.device, acc)
+    feature_noise = check_number(feature_noise, "feature_noise")
     offset = check_int(offset, "offset", 0, 2**32 - 1)
     seed = _resolve_seed(seed, generator)
     xn = xn.contiguous()
-    backend = select_backend(xn.device)
-    if backend == "reference":
-        eps = reference_text.feature_noise(xn.numel(), seed, offset).view(xn.shape).to(xn.device, acc)
-        return reference_text.noisy_style_features(xn.to(acc), mean, std, feature_noise, eps).to(xn.dtype)
-    if backend == "triton" and xn.device.type == "cpu":
-        return TritonNoisyStyleFeatures.apply(xn, mean, std, feature_noise, seed, offset)
-    return torch.ops.styleda_fast.noisy_style_features(xn, mean, std, feature_noise, seed, offset)
+
+    def run_reference():
+        eps = reference.feature_noise(xn.numel(), seed, offset).view(xn.shape).to(xn.device, acc)
+        return reference.noisy_style_features(xn.to(acc), mean, std, feature_noise, eps).to(xn.dtype)
+
+    args = (xn, mean, std, feature_noise, seed, offset)
+    return run_op("text", "noisy_style_features", xn.device, args, run_reference)

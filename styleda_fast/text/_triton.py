@@ -1,7 +1,7 @@
 """Triton kernels of the text family (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
 
 * ``noisy_text_projection``: one program per (row, sample). Noise comes from ``tl.philox`` inside the kernel (no
-  noise tensor in memory) in the layout that csrc/text_cpu.cpp and ``reference_text.text_noise`` define: with
+  noise tensor in memory) in the layout that csrc/text_cpu.cpp and ``reference.text_noise`` define: with
   ``Q = ceil(D/4)``, coordinate ``q*Q + j`` is output ``q`` of counter ``(j, offset + s, k, TEXT_TAG)``, so each
   Philox call feeds four coordinates held as four quarter tiles. Rows that fit in one tile stay in registers; longer
   rows take three passes (|t|, |v|, write), drawing the noise twice rather than re-reading written output.
@@ -9,7 +9,7 @@
 * ``clip_cosine_loss``: row blocks; one launch when the whole batch fits one program, else per-program partial
   sums and a one-program reduction in fixed order (deterministic, no atomics). Backward: one launch over row blocks.
 * ``noisy_style_features``: chunks of ``4*L`` elements, one counter per four elements (as in
-  ``reference_text.feature_noise``); backward: one program per (b, c) plane, reductions in registers (no
+  ``reference.feature_noise``); backward: one program per (b, c) plane, reductions in registers (no
   atomics), noise never regenerated (it is added after the ReLU, so the gradient does not depend on it).
 
 Accumulation is float32, or float64 for float64 tensors. Offsets are int64.
@@ -21,19 +21,13 @@ import torch
 import triton
 import triton.language as tl
 
-from styleda_fast.reference_text import FEATURE_GROUPS, FEATURE_TAG, TEXT_TAG
+from styleda_fast._checks import acc_dtype
+from styleda_fast._triton_utils import tl_acc_dtype
+from styleda_fast.text.reference import FEATURE_GROUPS, FEATURE_TAG, TEXT_TAG
 
 _NORMALIZE_EPS = 1e-12  # F.normalize
 _COSINE_EPS = 1e-8  # F.cosine_similarity
 _MAX_TEXT_TILE = 1024  # quarter-tile length: rows up to 4096 coordinates stay in registers
-
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _acc_torch(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @triton.jit
@@ -128,7 +122,7 @@ def noisy_text_projection(text: torch.Tensor, sigma: float, samples: int, seed: 
     if not (0 <= offset and offset + samples <= 2**32):
         raise ValueError(f"offset + samples must be in [0, 2^32], got offset {offset}")
     out = torch.empty((K, samples, D), dtype=text.dtype, device=text.device)
-    norm = torch.empty((K, samples), dtype=_acc_torch(text.dtype), device=text.device)
+    norm = torch.empty((K, samples), dtype=acc_dtype(text.dtype), device=text.device)
     if out.numel() == 0:
         return out, norm.zero_()
     Q = (D + 3) // 4
@@ -144,7 +138,7 @@ def noisy_text_projection(text: torch.Tensor, sigma: float, samples: int, seed: 
         seed,
         offset,
         TEXT_TAG,
-        _acc(text.dtype),
+        tl_acc_dtype(text.dtype),
         block_q,
         Q <= block_q,
         num_warps=4 if block_q >= 256 else 1,
@@ -180,7 +174,7 @@ _MAX_BACKWARD_ROW = 16384  # longer rows would not fit one tile: composite fallb
 
 
 def _noisy_text_projection_backward_composite(grad_out, text, out, norm):
-    acc = _acc_torch(text.dtype)
+    acc = acc_dtype(text.dtype)
     g, o, t, vn = grad_out.to(acc), out.to(acc), text.to(acc), norm[..., None]
     grad_v = torch.where(vn > _NORMALIZE_EPS, (g - o * (g * o).sum(-1, keepdim=True)) / vn, g / _NORMALIZE_EPS)
     gu = grad_v.sum(1)
@@ -208,7 +202,7 @@ def noisy_text_projection_backward(grad_out, text, out, norm):
         grad_text,
         out.shape[1],
         D,
-        _acc(text.dtype),
+        tl_acc_dtype(text.dtype),
         block_d,
         num_warps=min(16, max(1, block_d // 256)),
     )
@@ -295,18 +289,18 @@ def clip_cosine_loss(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Launcher: ``mean(1 - cos(image[b], text[b]))`` as a 0-dim tensor in the accumulation dtype."""
     image, text = image.contiguous(), text.contiguous()
     B, D = image.shape
-    acc = _acc_torch(image.dtype)
+    acc = acc_dtype(image.dtype)
     loss = torch.empty((), dtype=acc, device=image.device)
     block_r, block_d = _row_blocks(D)
     if B * D <= _ONE_PROGRAM_ELEMENTS:
-        _cosine_loss_kernel[(1,)](image, text, loss, loss, B, D, B, _acc(image.dtype), block_r, block_d, True)
+        _cosine_loss_kernel[(1,)](image, text, loss, loss, B, D, B, tl_acc_dtype(image.dtype), block_r, block_d, True)
         return loss
     programs = triton.cdiv(B, _ROWS_PER_PROGRAM)
     partial = torch.empty(programs, dtype=acc, device=image.device)
     _cosine_loss_kernel[(programs,)](
-        image, text, partial, loss, B, D, _ROWS_PER_PROGRAM, _acc(image.dtype), block_r, block_d, False
+        image, text, partial, loss, B, D, _ROWS_PER_PROGRAM, tl_acc_dtype(image.dtype), block_r, block_d, False
     )
-    _sum_partials_kernel[(1,)](partial, loss, programs, B, _acc(image.dtype), 1024)
+    _sum_partials_kernel[(1,)](partial, loss, programs, B, tl_acc_dtype(image.dtype), 1024)
     return loss
 
 
@@ -348,7 +342,7 @@ def clip_cosine_loss_backward(grad_loss, image, text, compute_grad_text: bool):
     """Launcher: ``(grad_image, grad_text)`` (grad_text empty unless ``compute_grad_text``)."""
     image, text = image.contiguous(), text.contiguous()
     B, D = image.shape
-    grad_loss = grad_loss.reshape(()).to(_acc_torch(image.dtype))
+    grad_loss = grad_loss.reshape(()).to(acc_dtype(image.dtype))
     grad_image = torch.empty_like(image)
     grad_text = torch.empty_like(text) if compute_grad_text else text.new_empty(0)
     block_r, block_d = _row_blocks(D)
@@ -360,7 +354,7 @@ def clip_cosine_loss_backward(grad_loss, image, text, compute_grad_text: bool):
         grad_text if compute_grad_text else grad_image,
         B,
         D,
-        _acc(image.dtype),
+        tl_acc_dtype(image.dtype),
         block_r,
         block_d,
         compute_grad_text,
@@ -443,7 +437,7 @@ def noisy_style_features(xn, mean, std, feature_noise: float, seed: int, offset:
         seed,
         offset,
         FEATURE_TAG,
-        _acc(xn.dtype),
+        tl_acc_dtype(xn.dtype),
         L,
         feature_noise != 0,
         num_warps=4,
@@ -503,7 +497,7 @@ def noisy_style_features_backward(grad_out, xn, mean, std, compute_grad_xn: bool
         grad_mean,
         grad_std,
         HW,
-        _acc(xn.dtype),
+        tl_acc_dtype(xn.dtype),
         block,
         compute_grad_xn,
         num_warps=4 if block >= 512 else 1,

@@ -2,7 +2,8 @@
 
 ``local_style_mix`` is the augmentation of PODA (global AdaIN toward a mined style, optionally mixed with the
 image's own statistics: ``grid=1``) and of FAMix (the same per patch of a ``g x g`` grid, with a style per patch
-and Beta-distributed mixing weights shared by the patches of an image). See ``shared/SPEC.md`` sections 1-2.
+and Beta-distributed mixing weights shared by the patches of an image). The math, in one place: ``README.md``
+next to this file; the executable specification: :mod:`styleda_fast.style_mix.reference`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from styleda_fast import reference
-from styleda_fast._backend import select_backend
-from styleda_fast._checks import check_eps, check_features, dense_layout, normalize_grid, per_patch
-from styleda_fast._ops.style_mix import TritonLocalStyleMix, TritonPatchMeanStd, acc_dtype, triton_kernels
+from styleda_fast._backend import run_op
+from styleda_fast._checks import acc_dtype, check_eps, check_features, dense_layout, normalize_grid, per_patch
+from styleda_fast.style_mix import _ops, reference  # noqa: F401  (_ops registers the operators' glue)
+from styleda_fast.style_mix.reference import patch_bounds
+
+__all__ = ["local_style_mix", "patch_bounds", "patch_mean_std"]
 
 
 def patch_mean_std(x: Tensor, grid: int | tuple[int, int] = 1, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
@@ -33,13 +36,13 @@ def patch_mean_std(x: Tensor, grid: int | tuple[int, int] = 1, eps: float = 1e-5
     gh, gw = normalize_grid(grid, x.shape[2], x.shape[3])
     eps = check_eps(eps)
     x = dense_layout(x)
-    backend = select_backend(x.device)
-    if backend == "reference":
-        mean, std = reference.patch_mean_std(x.to(acc_dtype(x.dtype)), (gh, gw), eps)
-    elif backend == "triton" and x.device.type == "cpu":
-        mean, std = TritonPatchMeanStd.apply(x, gh, gw, eps)
-    else:
-        mean, std = torch.ops.styleda_fast.patch_mean_std(x, gh, gw, eps)
+    mean, std = run_op(
+        "style_mix",
+        "patch_mean_std",
+        x.device,
+        (x, gh, gw, eps),
+        lambda: reference.patch_mean_std(x.to(acc_dtype(x.dtype)), (gh, gw), eps),
+    )
     return mean.to(x.dtype), std.to(x.dtype)
 
 
@@ -84,18 +87,23 @@ def local_style_mix(
     acc = acc_dtype(x.dtype)
     target_mean = per_patch(style_mean, "style_mean", shape, x.device, acc)
     target_std = per_patch(style_std, "style_std", shape, x.device, acc)
-    mix = None if mix is None else per_patch(mix, "mix", shape, x.device, acc)
+    mix = None if mix is None else per_patch(mix, "mix", shape, x.device, acc, allow_number=True)
     relu = activation == "relu"
     if out is not None:
         return _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, (style_mean, style_std))
     x = dense_layout(x)
-    backend = select_backend(x.device)
-    if backend == "reference":
-        y = reference.local_style_mix(x.to(acc), target_mean, target_std, (gh, gw), mix, activation, eps)
-        return y.to(x.dtype)
-    if backend == "triton" and x.device.type == "cpu":
-        return TritonLocalStyleMix.apply(x, target_mean, target_std, mix, gh, gw, relu, eps)
-    return torch.ops.styleda_fast.local_style_mix(x, target_mean, target_std, mix, gh, gw, relu, eps)[0]
+    out, _mean, _std = run_op(
+        "style_mix",
+        "local_style_mix",
+        x.device,
+        (x, target_mean, target_std, mix, gh, gw, relu, eps),
+        lambda: (
+            reference.local_style_mix(x.to(acc), target_mean, target_std, (gh, gw), mix, activation, eps),
+            None,
+            None,
+        ),
+    )
+    return out.to(x.dtype)
 
 
 def _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, originals) -> Tensor:
@@ -118,15 +126,16 @@ def _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, ori
         raise ValueError("out must be contiguous or channels_last contiguous")
     if x.data_ptr() != out.data_ptr() and _overlaps(x, out):
         raise ValueError("out partially overlaps x; pass x itself (in place) or a separate tensor")
-    backend = select_backend(x.device)
-    if backend == "reference":
-        acc = acc_dtype(x.dtype)
-        activation = "relu" if relu else None
-        out.copy_(reference.local_style_mix(x.to(acc), target_mean, target_std, (gh, gw), mix, activation, eps))
-    elif backend == "triton" and x.device.type == "cpu":
-        triton_kernels().local_style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out)
-    else:
-        torch.ops.styleda_fast.local_style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out)
+    activation = "relu" if relu else None
+    run_op(
+        "style_mix",
+        "local_style_mix_into",
+        x.device,
+        (x, target_mean, target_std, mix, gh, gw, relu, eps, out),
+        lambda: out.copy_(
+            reference.local_style_mix(x.to(acc_dtype(x.dtype)), target_mean, target_std, (gh, gw), mix, activation, eps)
+        ),
+    )
     return out
 
 

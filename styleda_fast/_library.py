@@ -1,0 +1,112 @@
+"""How an operator family plugs into torch.library, and the one generic path that runs a family's Triton launchers
+on CPU tensors under ``TRITON_INTERPRET=1`` with the same autograd formulas as the registered operators.
+
+The schemas and CPU kernels are defined in C++ (``csrc/<family>_cpu.cpp``, one ``TORCH_LIBRARY_FRAGMENT`` per
+family). Each family's ``_ops.py`` calls :func:`register_family` with its fake kernels and its autograd formulas;
+the Triton launchers (``styleda_fast.<family>._triton``) are imported on first use (importing triton is slow).
+
+Autograd formulas are written once, for both paths: a backward calls the family's backward operators through
+``op_namespace(ctx)``, which is ``torch.ops.styleda_fast`` for the registered operators and the family's Triton
+launchers for the interpreter path.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import types
+from collections.abc import Callable
+
+import torch
+
+LIBRARY = "styleda_fast"
+
+# operator name -> (backward, setup_context), for the interpreter path
+_AUTOGRAD: dict[str, tuple[Callable, Callable]] = {}
+# operator name -> argument check run before every Triton launch (the C++ kernels check their own)
+_CHECKS: dict[str, Callable] = {}
+
+
+def triton_launchers(family: str) -> types.ModuleType:
+    """The Triton launchers of ``family`` (e.g. ``"style_mix"``), imported on first use."""
+    return importlib.import_module(f"styleda_fast.{family}._triton")
+
+
+def op_namespace(ctx):
+    """Where a backward finds the backward operators: the launchers on the interpreter path, else torch.ops."""
+    return getattr(ctx, "kernels", None) or getattr(torch.ops, LIBRARY)
+
+
+def register_family(
+    family: str,
+    fakes: dict[str, Callable],
+    autograd: dict[str, tuple[Callable, Callable]],
+    checks: dict[str, Callable],
+) -> torch.library.Library:
+    """Register the operators of ``family`` defined in C++.
+
+    ``fakes`` maps each operator to its fake kernel, ``autograd`` maps the differentiable ones to ``(backward,
+    setup_context)``, ``checks`` each operator to the argument check run before its Triton launcher. Every operator
+    in ``fakes`` also gets a CUDA kernel: the Triton launcher of the same name.
+    """
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"{LIBRARY}::{name}", fake, _stacklevel=2)
+    for name, (backward, setup_context) in autograd.items():
+        torch.library.register_autograd(f"{LIBRARY}::{name}", backward, setup_context=setup_context)
+    record_autograd(family, autograd, checks)
+    library = torch.library.Library(LIBRARY, "IMPL")
+    for name in fakes:
+        library.impl(name, _cuda_kernel(family, name), "CUDA")
+    return library
+
+
+def record_autograd(family: str, autograd: dict[str, tuple[Callable, Callable]], checks: dict[str, Callable]) -> None:
+    """Make the autograd formulas and checks of ``family`` known to the interpreter path (also without C++)."""
+    _AUTOGRAD.update(autograd)
+    _CHECKS.update(checks)
+
+
+@functools.cache
+def checked_launcher(family: str, name: str) -> Callable:
+    """The Triton launcher of operator ``name``, preceded by the operator's argument check."""
+    launcher = getattr(triton_launchers(family), name)
+    check = _CHECKS[name]
+
+    def run(*args):
+        check(*args)
+        return launcher(*args)
+
+    run.__name__ = f"{name}_triton"
+    return run
+
+
+def _cuda_kernel(family: str, name: str) -> Callable:
+    def cuda_kernel(*args):
+        return checked_launcher(family, name)(*args)
+
+    cuda_kernel.__name__ = f"{name}_cuda"
+    return cuda_kernel
+
+
+@functools.cache
+def interpreted(family: str, name: str) -> Callable:
+    """Operator ``name`` of ``family`` run by its Triton launcher on CPU tensors (``TRITON_INTERPRET=1``), with
+    the autograd formula registered for the operator (the launchers are not registered for the CPU key)."""
+    launchers = triton_launchers(family)
+    launcher = checked_launcher(family, name)
+    if name not in _AUTOGRAD:
+        return launcher
+    backward, setup_context = _AUTOGRAD[name]
+
+    def forward(ctx, *args):
+        output = launcher(*args)
+        setup_context(ctx, args, output)
+        ctx.kernels = launchers
+        return output
+
+    function = type(
+        f"Interpreted_{name}",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+    )
+    return function.apply
