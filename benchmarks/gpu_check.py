@@ -16,16 +16,10 @@ from pathlib import Path
 
 import torch
 
-TOL = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+from styleda_fast.testing import STYLE_MIX_CASES, TOLERANCE, relative_error  # noqa: E402
 
-
-def rel_error(actual, expected) -> float:
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    if not torch.equal(torch.isnan(a), torch.isnan(e)):
-        return float("inf")
-    finite = torch.isfinite(e)
-    scale = e[finite].abs().max().item() if finite.any() else 1.0
-    return ((a - e)[finite].abs().max().item() / max(scale, 1e-30)) if finite.any() else 0.0
+TOL = TOLERANCE
+rel_error = relative_error
 
 
 def checks(device: torch.device, small: bool):
@@ -33,7 +27,7 @@ def checks(device: torch.device, small: bool):
     from styleda_fast import local_style_mix, patch_mean_std, use_backend
     from styleda_fast.style_mix import reference
 
-    shapes = [((2, 3, 13, 17), (3, 3)), ((1, 4, 7, 9), (2, 3)), ((2, 2, 8, 8), (1, 1)), ((1, 2, 3, 3), (3, 3))]
+    shapes = list(STYLE_MIX_CASES)
     if not small:
         shapes += [((2, 256, 192, 192), (3, 3)), ((2, 256, 192, 192), (1, 1)), ((1, 64, 97, 301), (3, 5))]
     dtypes = [torch.float32, torch.float64, torch.float16] + ([torch.bfloat16] if device.type == "cuda" else [])

@@ -1,4 +1,4 @@
-"""Prompt data of PODA and FAMix (``shared/SPEC.md`` sections 4 and 7), shipped as data.
+"""Prompt data of PODA and FAMix (CLIP templates, FAMix styles, Cityscapes train ids), shipped as data.
 
 * :data:`IMAGENET_TEMPLATES`: the 80 ImageNet prompt templates of CLIP's zero-shot evaluation, in the order the
   public PODA/FAMix code lists them (the order does not change the template mean).

@@ -1,4 +1,4 @@
-"""Plain-PyTorch transcriptions of the public PODA/FAMix augmentation, written from SPEC, in the public code's
+"""Plain-PyTorch transcriptions of the public PODA/FAMix augmentation, written from their documented behaviour, in the public code's
 style: Python loops over patches and images, ``torch.mode`` per patch, style maps built at full resolution on the
 CPU and copied to the device. They are what ``styleda_fast.compat`` must reproduce, and the "public algorithm"
 baseline of the end-to-end benchmark. Not for use in training.
@@ -90,7 +90,7 @@ def famix_step_public(features: Tensor, labels: Tensor, saved_params: dict, s: T
 
 def pin_mining_loop(visual, content: Tensor, targets: Tensor, steps: int, clamp_std: bool = True,
                     detach_norm: bool = True, lr: float = 1.0, pool_to: int | None = 56):  # fmt: skip
-    """The public PIN optimization (SPEC 5) for one public batch, the loss averaged over the batch.
+    """The public PIN optimization for one public batch, the loss averaged over the batch.
 
     ``visual`` is an open_clip ModifiedResNet (its layer2..layer4 and attention pool run on the styled features).
     Returns the mined ``(mean, std)``, each ``(N, C)``.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TOLERANCE, assert_close, available_backends, backend_device, has_triton
+from helpers import TOLERANCE, assert_close, available_backends, backend_device, has_triton, random_labels
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,17 +15,6 @@ from styleda_fast.class_stats import reference as ref
 
 BACKENDS = available_backends()
 NEEDS_CPP = pytest.mark.skipif("cpp" not in BACKENDS, reason="C++ extension not built")
-
-
-def random_labels(shape, num_classes=19, ignore=255, ignore_frac=0.2, block=1, seed=0, dtype=torch.int64):
-    """Random train ids with ignore pixels; ``block > 1`` makes spatially coherent maps (blocks of one class)."""
-    gen = torch.Generator().manual_seed(seed)
-    B, H, W = shape
-    h, w = -(-H // block), -(-W // block)
-    lab = torch.randint(0, num_classes, (B, h, w), generator=gen)
-    lab = torch.where(torch.rand(B, h, w, generator=gen) < ignore_frac, torch.full_like(lab, ignore), lab)
-    lab = lab.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :H, :W]
-    return lab.contiguous().to(dtype)
 
 
 def run_on(backend, fn, *tensors, **kwargs):

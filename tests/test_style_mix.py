@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TOLERANCE, assert_close, available_backends, backend_device
+from helpers import (
+    STYLE_MIX_CASES,
+    TOLERANCE,
+    assert_close,
+    available_backends,
+    backend_device,
+    features,
+    kernel_dtypes,
+)
 
 import styleda_fast
 from styleda_fast import local_style_mix, patch_mean_std, use_backend
@@ -13,29 +21,9 @@ from styleda_fast.style_mix import reference
 BACKENDS = available_backends()
 KERNEL_BACKENDS = [b for b in BACKENDS if b != "reference"]
 
-# (shape, grid): divisible and not, 1-pixel patches, one channel, a single row of patches, global.
-CASES = [
-    ((2, 3, 13, 17), (3, 3)),
-    ((1, 4, 7, 9), (2, 3)),
-    ((2, 2, 8, 8), (1, 1)),
-    ((1, 2, 3, 3), (3, 3)),
-    ((3, 1, 6, 5), (3, 1)),
-    ((1, 5, 4, 11), (1, 4)),
-]
-
-
-def _dtypes(backend):
-    dtypes = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-    if backend == "triton" and backend_device(backend).type == "cpu":
-        dtypes.remove(torch.bfloat16)  # the Triton interpreter has no bfloat16
-    return dtypes
-
-
-def _features(shape, dtype, device, channels_last=False, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 5  # large mean: catches E[x^2]-E[x]^2
-    x = x.to(device=device, dtype=dtype)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+CASES = STYLE_MIX_CASES
+_dtypes = kernel_dtypes
+_features = features
 
 
 def _style(kind, shape, grid, device, seed=1):

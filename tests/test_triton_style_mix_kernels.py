@@ -14,25 +14,17 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
+from styleda_fast._checks import acc_dtype  # noqa: E402
 from styleda_fast.style_mix import _triton as style_mix  # noqa: E402
 from styleda_fast.style_mix import reference  # noqa: E402
+from styleda_fast.testing import STYLE_MIX_CASES, TOLERANCE, case_id, style_mix_inputs  # noqa: E402
+from styleda_fast.testing import assert_close as shared_assert_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = 1e-5
 
-# (shape, grid): grids that do not divide H/W, a global grid, 1-pixel patches, one channel, several channel blocks.
-CASES = [
-    ((2, 3, 7, 10), (3, 3)),
-    ((1, 4, 5, 6), (2, 3)),
-    ((2, 2, 9, 9), (1, 1)),
-    ((1, 2, 3, 3), (3, 3)),
-    ((2, 1, 6, 8), (2, 2)),
-    ((1, 40, 4, 5), (2, 2)),
-]
-CASE_IDS = [f"{'x'.join(map(str, s))}-g{g[0]}x{g[1]}" for s, g in CASES]
-
-# Largest error allowed, relative to the largest magnitude of the reference.
-TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-2}
+CASES = STYLE_MIX_CASES
+CASE_IDS = [case_id(s, g) for s, g in CASES]
 
 
 @pytest.fixture(params=["single_tile", "tile_loop"])
@@ -60,33 +52,16 @@ def poisoned(monkeypatch):
     return call
 
 
-def acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def make_inputs(shape, grid, dtype=torch.float32, channels_last=False, seed=0):
     """x with a large mean (as real features), and per-patch targets and mix weights in the accumulation dtype."""
-    gen = torch.Generator().manual_seed(seed)
-    batch, channels = shape[:2]
-    params = (batch, channels, *grid)
-    acc = acc_dtype(dtype)
-    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 5).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    target_mean = (torch.randn(params, generator=gen, dtype=torch.float64) * 2 + 1).to(acc)
-    target_std = (torch.rand(params, generator=gen, dtype=torch.float64) + 0.5).to(acc)
-    mix = torch.rand(params, generator=gen, dtype=torch.float64).to(acc)
-    return x.to(DEVICE), target_mean.to(DEVICE), target_std.to(DEVICE), mix.to(DEVICE)
+    sample = style_mix_inputs(shape, grid, dtype, DEVICE, channels_last, seed)
+    return sample.x, sample.target_mean, sample.target_std, sample.mix
 
 
 def assert_close(actual, expected, dtype):
-    """max |actual - expected| <= tolerance * max |expected| (both finite everywhere)."""
-    assert actual.shape == expected.shape
-    actual, expected = actual.double().cpu(), expected.double().cpu()
+    """max |actual - expected| <= tolerance * max |expected|, and every value finite (no output left unwritten)."""
     assert torch.isfinite(actual).all(), "non-finite values (an output left unwritten?)"
-    scale = expected.abs().max().clamp_min(1e-30)
-    error = (actual - expected).abs().max() / scale
-    assert error <= TOLERANCE[dtype], f"relative error {error:.3g} > {TOLERANCE[dtype]:g}"
+    shared_assert_close(actual, expected, TOLERANCE[dtype])
 
 
 def reference_forward(x, target_mean, target_std, mix, grid, relu):

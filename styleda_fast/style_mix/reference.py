@@ -3,7 +3,7 @@
 Every fused kernel in the package is tested against these functions (run in float64), and the
 benchmarks use them as the eager and ``torch.compile`` baselines. They favour clarity over speed.
 
-Conventions shared by every implementation (see ``shared/SPEC.md`` sections 1-2):
+Conventions shared by every implementation (the math: ``README.md`` next to this file):
 
 * Patch ``(i, j)`` of a ``gh x gw`` grid covers rows ``floor(i*H/gh) .. floor((i+1)*H/gh)`` and columns
   ``floor(j*W/gw) .. floor((j+1)*W/gw)`` (end exclusive), so any ``H >= gh`` and ``W >= gw`` works.
@@ -48,7 +48,7 @@ def patch_mean_std_loop(x: torch.Tensor, grid: tuple[int, int], eps: float = 1e-
 
 
 def local_style_mix_loop(x, style_mean, style_std, grid, mix=None, activation="relu", eps=1e-5):
-    """Patch-wise AdaIN with optional mixing, one patch at a time (SPEC 2b), written for reading.
+    """Patch-wise AdaIN with optional mixing, one patch at a time, written for reading.
 
     ``style_mean``, ``style_std`` and ``mix`` must already be ``(B, C, gh, gw)``.
     """
@@ -101,7 +101,7 @@ def patch_mean_std(x: torch.Tensor, grid: tuple[int, int], eps: float = 1e-5):
 
 
 def local_style_mix(x, style_mean, style_std, grid, mix=None, activation="relu", eps=1e-5):
-    """Vectorized patch-wise AdaIN with optional mixing (SPEC 2a/2b); the eager/compile baseline.
+    """Vectorized patch-wise AdaIN with optional mixing; the eager/compile baseline.
 
     Args:
         x: ``(B, C, H, W)`` features.

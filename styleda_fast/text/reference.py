@@ -1,4 +1,4 @@
-"""Plain-PyTorch references of the text-side operations (``shared/SPEC.md`` sections 4 and 5).
+"""Plain-PyTorch references of the text-side operations (the math: ``README.md`` next to this file).
 
 Every fused kernel of :mod:`styleda_fast.text` is tested against these functions (run in float64), and the
 benchmarks use the ``*_eager`` recipes (``torch.randn`` noise, the way a user would write it) as their baselines.
