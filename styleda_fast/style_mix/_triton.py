@@ -81,22 +81,12 @@ def _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_
 
 
 @triton.jit
-def _tile_offsets(
-    plane_offsets,
-    plane_mask,
-    row0,
-    col0,
-    rows,
-    cols,
-    tile_row,
-    tile_col,
-    stride_h,
-    stride_w,
-    CHANNELS_LAST: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_W: tl.constexpr,
-):
-    """Offsets and mask ``[BLOCK_C, BLOCK_H, BLOCK_W]`` of the tile at (tile_row, tile_col) within the patch."""
+def _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Offsets and mask ``[BLOCK_C, BLOCK_H, BLOCK_W]`` of the tile at (tile_row, tile_col) within the patch.
+
+    ``patch`` is the tuple ``(plane_offsets, plane_mask, row0, col0, rows, cols, stride_h, stride_w)``.
+    """
+    plane_offsets, plane_mask, row0, col0, rows, cols, stride_h, stride_w = patch
     row = tile_row + tl.arange(0, BLOCK_H)
     col = tile_col + tl.arange(0, BLOCK_W)
     row_offsets = (row0 + row).to(tl.int64) * stride_h
@@ -194,12 +184,11 @@ def _style_mix_forward_kernel(
         channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C, COLUMN_MULTIPLE
     )
     plane_offsets, plane_mask = _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST)
+    patch = (plane_offsets, plane_mask, row0, col0, rows, cols, stride_h, stride_w)
     count = rows * cols
 
     if SINGLE_TILE:
-        offsets, mask = _tile_offsets(
-            plane_offsets, plane_mask, row0, col0, rows, cols, 0, 0, stride_h, stride_w, CHANNELS_LAST, BLOCK_H, BLOCK_W
-        )
+        offsets, mask = _tile_offsets(patch, 0, 0, CHANNELS_LAST, BLOCK_H, BLOCK_W)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
         mean, m2 = _tile_mean_m2(x, mask, count.to(ACC))
     else:
@@ -209,21 +198,7 @@ def _style_mix_forward_kernel(
         seen = count * 0
         for tile_row in range(0, rows, BLOCK_H):
             for tile_col in range(0, cols, BLOCK_W):
-                offsets, mask = _tile_offsets(
-                    plane_offsets,
-                    plane_mask,
-                    row0,
-                    col0,
-                    rows,
-                    cols,
-                    tile_row,
-                    tile_col,
-                    stride_h,
-                    stride_w,
-                    CHANNELS_LAST,
-                    BLOCK_H,
-                    BLOCK_W,
-                )
+                offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
                 tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
                 tile_count = tl.minimum(rows - tile_row, BLOCK_H) * tl.minimum(cols - tile_col, BLOCK_W)
                 tile_mean, tile_m2 = _tile_mean_m2(tile, mask, tile_count.to(ACC))
@@ -249,21 +224,7 @@ def _style_mix_forward_kernel(
         else:
             for tile_row in range(0, rows, BLOCK_H):
                 for tile_col in range(0, cols, BLOCK_W):
-                    offsets, mask = _tile_offsets(
-                        plane_offsets,
-                        plane_mask,
-                        row0,
-                        col0,
-                        rows,
-                        cols,
-                        tile_row,
-                        tile_col,
-                        stride_h,
-                        stride_w,
-                        CHANNELS_LAST,
-                        BLOCK_H,
-                        BLOCK_W,
-                    )
+                    offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
                     tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
                     out = _activate((tile - mean_3d) * scale_3d + shift_3d, RELU)
                     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -325,14 +286,13 @@ def _style_mix_backward_kernel(
         channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C, COLUMN_MULTIPLE
     )
     plane_offsets, plane_mask = _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST)
+    patch = (plane_offsets, plane_mask, row0, col0, rows, cols, stride_h, stride_w)
     count = rows * cols
     mean = tl.load(mean_ptr + param_index, mask=channel_mask, other=0.0)
     std = tl.load(std_ptr + param_index, mask=channel_mask, other=1.0)
     mean_3d = mean[:, None, None]
     if SINGLE_TILE:
-        offsets, mask = _tile_offsets(
-            plane_offsets, plane_mask, row0, col0, rows, cols, 0, 0, stride_h, stride_w, CHANNELS_LAST, BLOCK_H, BLOCK_W
-        )
+        offsets, mask = _tile_offsets(patch, 0, 0, CHANNELS_LAST, BLOCK_H, BLOCK_W)
 
     if HAS_GRAD_OUT:
         scale, shift, w = _transfer(
@@ -348,21 +308,7 @@ def _style_mix_backward_kernel(
             sum_grad_centered = tl.zeros([BLOCK_C], ACC)
             for tile_row in range(0, rows, BLOCK_H):
                 for tile_col in range(0, cols, BLOCK_W):
-                    offsets, mask = _tile_offsets(
-                        plane_offsets,
-                        plane_mask,
-                        row0,
-                        col0,
-                        rows,
-                        cols,
-                        tile_row,
-                        tile_col,
-                        stride_h,
-                        stride_w,
-                        CHANNELS_LAST,
-                        BLOCK_H,
-                        BLOCK_W,
-                    )
+                    offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
                     centered, grad = _masked_grad(
                         grad_out_ptr, x_ptr, offsets, mask, mean_3d, scale_3d, shift_3d, ACC, RELU
                     )
@@ -405,21 +351,7 @@ def _style_mix_backward_kernel(
         else:
             for tile_row in range(0, rows, BLOCK_H):
                 for tile_col in range(0, cols, BLOCK_W):
-                    offsets, mask = _tile_offsets(
-                        plane_offsets,
-                        plane_mask,
-                        row0,
-                        col0,
-                        rows,
-                        cols,
-                        tile_row,
-                        tile_col,
-                        stride_h,
-                        stride_w,
-                        CHANNELS_LAST,
-                        BLOCK_H,
-                        BLOCK_W,
-                    )
+                    offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
                     if HAS_GRAD_OUT:
                         centered, grad = _masked_grad(
                             grad_out_ptr, x_ptr, offsets, mask, mean_3d, scale_3d, shift_3d, ACC, RELU
