@@ -1,4 +1,4 @@
-"""Plain-PyTorch transcriptions of the public PODA/FAMix augmentation, written from their documented behaviour, in the public code's
+"""Plain-PyTorch transcriptions of the public PODA/FAMix augmentation, written from its behaviour, in the public code's
 style: Python loops over patches and images, ``torch.mode`` per patch, style maps built at full resolution on the
 CPU and copied to the device. They are what ``styleda_fast.compat`` must reproduce, and the "public algorithm"
 baseline of the end-to-end benchmark. Not for use in training.

@@ -1,4 +1,4 @@
-"""Plain-PyTorch references of the class-statistics family (the math: ``README.md`` next to this file): the executable specification.
+"""Plain-PyTorch references of the class-statistics family: the executable specification (math: ``README.md``).
 
 * ``patch_dominant_class_loop``: the way FAMix's public code finds each patch's class, ``torch.mode`` over the
   pixels of one patch at a time in nested Python loops. It is the reference for the kernels and the benchmark
