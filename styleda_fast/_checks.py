@@ -64,9 +64,16 @@ def check_number(value, name: str, *, minimum: float = 0.0) -> float:
     return float(value)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def check_eps(eps) -> float:
-    """``eps`` (added to a variance) must be a finite number ``>= 0``."""
-    return check_number(eps, "eps")
+    """``eps`` (added to a variance) must be a number in ``[0, float32 max]``: the GPU kernels take it as float32
+    (plus a correction term), so a larger one would become inf there and not on the CPU."""
+    eps = check_number(eps, "eps")
+    if eps > FLOAT32_MAX:
+        raise ValueError(f"eps must be at most the largest float32 ({FLOAT32_MAX:.4g}), got {eps!r}")
+    return eps
 
 
 def check_float_tensor(t, name: str) -> None:

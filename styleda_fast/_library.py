@@ -110,3 +110,39 @@ def interpreted(family: str, name: str) -> Callable:
         {"forward": staticmethod(forward), "backward": staticmethod(backward)},
     )
     return function.apply
+
+
+def differentiable_grads(forward: Callable, inputs: tuple, needs: tuple, grad_outputs: tuple) -> tuple:
+    """Gradients of ``forward(*inputs)`` (the plain-PyTorch reference of an operator) with respect to the inputs
+    marked in ``needs``, as a differentiable graph: the backward of an operator under ``create_graph=True``, so
+    that second derivatives (gradient penalties, MAML-style inner loops) are exact. Slower than the kernels."""
+    with torch.enable_grad():
+        leaves = [
+            t if t is None or t.requires_grad else t.detach().requires_grad_(need) for t, need in zip(inputs, needs)
+        ]
+        outputs = forward(*leaves)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None]
+        wanted = [t for t, need in zip(leaves, needs) if need and t is not None]
+        grads = iter(
+            torch.autograd.grad(
+                [o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True, allow_unused=True
+            )
+        )
+    return tuple(next(grads) if need and t is not None else None for t, need in zip(leaves, needs))
+
+
+def once_differentiable(name: str, grads: tuple) -> tuple:
+    """The kernels' gradients, made to raise a clear error if something differentiates through them again (they
+    carry no graph, so a second derivative would otherwise be silently zero)."""
+    if not torch.is_grad_enabled():
+        return grads
+    tensors = [g for g in grads if g is not None]
+    if not tensors:
+        return grads
+    # the error node needs inputs that require grad to appear in the graph at all
+    delayed = torch._C._functions.DelayedError(
+        f"styleda_fast: {name} has no second derivative; compute it without create_graph=True", len(tensors)
+    )(*(t.detach().requires_grad_() for t in tensors))
+    delayed = iter(delayed if isinstance(delayed, tuple) else (delayed,))
+    return tuple(None if g is None else next(delayed) for g in grads)

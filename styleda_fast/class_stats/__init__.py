@@ -30,6 +30,9 @@ from styleda_fast.class_stats import _ops, reference  # noqa: F401  (_ops regist
 
 __all__ = ["class_mean_std", "labels_to_size", "patch_dominant_class"]
 
+# Above this many classes, CUDA tensors take the plain-PyTorch histogram (bincount) instead of the Triton kernel.
+TRITON_MAX_CLASSES = 1024
+
 
 def patch_dominant_class(
     labels: Tensor,
@@ -52,21 +55,29 @@ def patch_dominant_class(
             ``ignore_index``. ``False``: only labelled pixels vote; a patch without any gets ``ignore_index``.
     Returns:
         ``(B, gh, gw)`` int64 on labels' device: the most frequent value of each patch, ties to the smallest value.
+        ``num_classes`` up to ``2^20``; on CUDA, more than 1024 classes run the plain-PyTorch histogram.
     """
     check_labels(labels)
     gh, gw = normalize_grid(grid, labels.shape[1], labels.shape[2])
     num_classes = check_num_classes(num_classes)
     ignore_index = check_ignore_index(ignore_index, num_classes)
     check_bool(count_ignore, "count_ignore")
-    if select_backend(labels.device) != "cpp":
+    backend = select_backend(labels.device)
+    if backend != "cpp":
         # the C++ kernel checks every label as it counts (one read of the map) and raises the same ValueError
         check_label_values(labels, num_classes, ignore_index)
+
+    def run_reference():
+        return reference.patch_dominant_class_bincount(labels, (gh, gw), num_classes, ignore_index, count_ignore)
+
+    if backend == "triton" and num_classes > TRITON_MAX_CLASSES:
+        return run_reference()  # the Triton kernel keeps one counter per class in registers
     return run_op(
         "class_stats",
         "patch_dominant_class",
         labels.device,
         (labels, gh, gw, num_classes, ignore_index, count_ignore),
-        lambda: reference.patch_dominant_class_bincount(labels, (gh, gw), num_classes, ignore_index, count_ignore),
+        run_reference,
     )
 
 
@@ -142,4 +153,6 @@ def class_mean_std(
         mean, std, count = reference.class_mean_std(x.double(), labels, num_classes, ignore_index, eps)
         return mean.to(acc_dtype(x.dtype)), std.to(acc_dtype(x.dtype)), count
 
+    if select_backend(x.device) == "triton" and num_classes > TRITON_MAX_CLASSES:
+        return run_reference()  # the Triton kernel keeps one slot per class in registers
     return run_op("class_stats", "class_mean_std", x.device, (x, labels, num_classes, eps), run_reference)

@@ -114,9 +114,9 @@ def _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, ori
             f"out must match x: shape {tuple(x.shape)}, {x.dtype}, {x.device}; "
             f"got {tuple(out.shape)}, {out.dtype}, {out.device}"
         )
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mix, *originals)):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, out, mix, *originals)):
         raise ValueError(
-            "out= computes no gradient, but an input requires grad; call without out= or under torch.no_grad()"
+            "out= computes no gradient, but an input or out requires grad; call without out= or under torch.no_grad()"
         )
     if out.is_contiguous():
         x = x.contiguous()
@@ -124,8 +124,17 @@ def _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, ori
         x = x.contiguous(memory_format=torch.channels_last)
     else:
         raise ValueError("out must be contiguous or channels_last contiguous")
-    if x.data_ptr() != out.data_ptr() and _overlaps(x, out):
-        raise ValueError("out partially overlaps x; pass x itself (in place) or a separate tensor")
+    if x.stride() != out.stride():
+        # Both dense in out's layout: strides can differ only on size-1 dimensions, where they mean nothing.
+        x = x.as_strided(x.shape, out.stride())
+    in_place = x.data_ptr() == out.data_ptr() and x.stride() == out.stride()
+    if not in_place and _overlaps(x, out):
+        raise ValueError("out overlaps x in memory; pass x itself (in place) or a separate tensor")
+    # The kernels write patches in parallel, so a per-patch input that lives in out's memory could be overwritten
+    # before another patch reads it: such inputs (small, B*C*gh*gw values) are read into a copy first.
+    target_mean, target_std, mix = (
+        t.clone() if t is not None and _overlaps(t, out) else t for t in (target_mean, target_std, mix)
+    )
     activation = "relu" if relu else None
     run_op(
         "style_mix",
@@ -139,9 +148,19 @@ def _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, ori
     return out
 
 
+def _memory_range(t: Tensor) -> tuple[int, int]:
+    """First and one-past-last byte address that ``t`` can touch (by its strides, whatever its storage)."""
+    if t.numel() == 0:
+        return t.data_ptr(), t.data_ptr()
+    last = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+    low = t.data_ptr() - sum((size - 1) * -stride for size, stride in zip(t.shape, t.stride()) if stride < 0)
+    return low, low + (last + 1) * t.element_size()
+
+
 def _overlaps(a: Tensor, b: Tensor) -> bool:
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+    """Whether two tensors' memory ranges intersect (views of one buffer through different storages included)."""
+    if a.device != b.device:
         return False
-    a_end = a.data_ptr() + a.numel() * a.element_size()
-    b_end = b.data_ptr() + b.numel() * b.element_size()
-    return a.data_ptr() < b_end and b.data_ptr() < a_end
+    a_low, a_high = _memory_range(a)
+    b_low, b_high = _memory_range(b)
+    return a_low < b_high and b_low < a_high

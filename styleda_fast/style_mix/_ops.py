@@ -10,7 +10,8 @@ from torch import Tensor
 
 from styleda_fast._backend import _CPP_PROBLEM
 from styleda_fast._checks import acc_dtype, require, require_float, require_params
-from styleda_fast._library import op_namespace, record_autograd, register_family
+from styleda_fast._library import differentiable_grads, op_namespace, record_autograd, register_family
+from styleda_fast.style_mix import reference
 
 # ---------------------------------------------------------------- fake kernels (shapes and dtypes only)
 
@@ -77,21 +78,30 @@ def style_input_grads(grad_mixed_mean, grad_mixed_std, mean, std, target_mean, t
 
 def _patch_mean_std_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], *output)
+    ctx.grid, ctx.eps = inputs[1:3], inputs[3]
 
 
 def _patch_mean_std_backward(ctx, grad_mean, grad_std):
     x, mean, std = ctx.saved_tensors
     if not ctx.needs_input_grad[0] or (grad_mean is None and grad_std is None):
         return None, None, None, None
+    if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+        grad_x = differentiable_grads(
+            lambda x: reference.patch_mean_std(x.to(acc_dtype(x.dtype)), ctx.grid, ctx.eps),
+            (x,),
+            (True,),
+            (grad_mean, grad_std),
+        )[0]
+        return grad_x, None, None, None
     grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean.contiguous()
     grad_std = torch.zeros_like(std) if grad_std is None else grad_std.contiguous()
     return op_namespace(ctx).patch_mean_std_backward(grad_mean, grad_std, x, mean, std), None, None, None
 
 
 def _local_style_mix_setup(ctx, inputs, output):
-    x, target_mean, target_std, mix, _grid_h, _grid_w, relu, _eps = inputs
+    x, target_mean, target_std, mix, grid_h, grid_w, relu, eps = inputs
     ctx.save_for_backward(x, output[1], output[2], target_mean, target_std, mix)
-    ctx.relu = relu
+    ctx.relu, ctx.grid, ctx.eps = relu, (grid_h, grid_w), eps
 
 
 def _local_style_mix_backward(ctx, grad_out, _grad_mean, _grad_std):
@@ -100,6 +110,15 @@ def _local_style_mix_backward(ctx, grad_out, _grad_mean, _grad_std):
     need_x, *need_style = ctx.needs_input_grad[:4]
     if grad_out is None or not (need_x or any(need_style)):
         return (None,) * 8
+    if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+
+        def forward(x, target_mean, target_std, mix):
+            activation = "relu" if ctx.relu else None
+            acc = acc_dtype(x.dtype)
+            return reference.local_style_mix(x.to(acc), target_mean, target_std, ctx.grid, mix, activation, ctx.eps)
+
+        inputs = (x, target_mean, target_std, mix)
+        return *differentiable_grads(forward, inputs, (need_x, *need_style), (grad_out,)), None, None, None, None
     grad_x, grad_mixed_mean, grad_mixed_std = op_namespace(ctx).local_style_mix_backward(
         grad_out, x, mean, std, target_mean, target_std, mix, ctx.relu, need_x
     )

@@ -198,8 +198,8 @@ def clip_cosine_loss(image_features: Tensor, text_targets: Tensor, *, detach_nor
     check_float_tensor(image_features, "image_features")
     check_float_tensor(text_targets, "text_targets")
     check_bool(detach_norm, "detach_norm")
-    if image_features.dim() != 2 or image_features.shape[0] == 0:
-        raise ValueError(f"image_features must be (B, D) with B >= 1, got shape {tuple(image_features.shape)}")
+    if image_features.dim() != 2 or image_features.shape[0] == 0 or image_features.shape[1] == 0:
+        raise ValueError(f"image_features must be (B, D) with B, D >= 1, got shape {tuple(image_features.shape)}")
     B, D = image_features.shape
     if text_targets.dim() == 1:
         text_targets = text_targets[None]

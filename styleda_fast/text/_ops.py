@@ -10,7 +10,7 @@ from torch import Tensor
 
 from styleda_fast._backend import _CPP_PROBLEM
 from styleda_fast._checks import acc_dtype, require, require_float, require_params
-from styleda_fast._library import op_namespace, record_autograd, register_family
+from styleda_fast._library import once_differentiable, op_namespace, record_autograd, register_family
 
 # ---------------------------------------------------------------- fake kernels (shapes and dtypes only)
 
@@ -69,7 +69,7 @@ def _noisy_text_projection_backward(ctx, grad_out, _grad_norm):
     if grad_out is None or not ctx.needs_input_grad[0]:
         return None, None, None, None, None
     grad_text = op_namespace(ctx).noisy_text_projection_backward(grad_out.contiguous(), text, out, norm)
-    return grad_text, None, None, None, None
+    return *once_differentiable("noisy_text_projection", (grad_text,)), None, None, None, None
 
 
 def _clip_cosine_loss_setup(ctx, inputs, output):
@@ -83,7 +83,9 @@ def _clip_cosine_loss_backward(ctx, grad_loss):
     if grad_loss is None or not (need_image or need_text):
         return None, None
     grad_image, grad_text = op_namespace(ctx).clip_cosine_loss_backward(grad_loss, image, text, need_text)
-    return (grad_image if need_image else None, grad_text if need_text else None)
+    return once_differentiable(
+        "clip_cosine_loss", (grad_image if need_image else None, grad_text if need_text else None)
+    )
 
 
 def _noisy_style_features_setup(ctx, inputs, output):
@@ -140,7 +142,7 @@ def _check_clip_cosine_loss(image, text):
     require(
         image.shape == text.shape and image.dtype == text.dtype, "image and text must have the same shape and dtype"
     )
-    require(image.shape[0] >= 1, "clip_cosine_loss needs at least one row")
+    require(image.shape[0] >= 1 and image.shape[1] >= 1, "clip_cosine_loss needs at least one row of length >= 1")
 
 
 def _check_clip_cosine_loss_backward(grad_loss, image, text, compute_grad_text):

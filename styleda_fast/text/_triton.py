@@ -85,11 +85,11 @@ def _noisy_text_kernel(
     for start in range(0, D, BLOCK_Q):
         t = tl.load(text_row + start + j, mask=start + j < D, other=0.0).to(ACC)
         tt += t * t
-    inv_t = 1.0 / tl.maximum(tl.sqrt(tl.sum(tt, axis=0)), 1e-12)
+    inv_t = 1.0 / tl.maximum(tl.sqrt(tl.sum(tt, axis=0)), 1e-12, propagate_nan=tl.PropagateNan.ALL)
     if ONE_TILE:
         v0, v1, v2, v3, m0, m1, m2, m3 = _text_quarters(text_row, j, Q, D, sigma, inv_t, seed, stream, kk, TAG, ACC)
         vn = tl.sqrt(tl.sum(v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3, axis=0))
-        inv_v = 1.0 / tl.maximum(vn, 1e-12)
+        inv_v = 1.0 / tl.maximum(vn, 1e-12, propagate_nan=tl.PropagateNan.ALL)
         tl.store(out_row + j, (v0 * inv_v).to(out_ptr.dtype.element_ty), mask=m0)
         tl.store(out_row + Q + j, (v1 * inv_v).to(out_ptr.dtype.element_ty), mask=m1)
         tl.store(out_row + 2 * Q + j, (v2 * inv_v).to(out_ptr.dtype.element_ty), mask=m2)
@@ -102,7 +102,7 @@ def _noisy_text_kernel(
             )
             vv += v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3
         vn = tl.sqrt(tl.sum(vv, axis=0))
-        inv_v = 1.0 / tl.maximum(vn, 1e-12)
+        inv_v = 1.0 / tl.maximum(vn, 1e-12, propagate_nan=tl.PropagateNan.ALL)
         for start in range(0, Q, BLOCK_Q):  # the noise again (cheaper and safer than reading back what we wrote)
             jj = j + start
             v0, v1, v2, v3, m0, m1, m2, m3 = _text_quarters(
