@@ -3,7 +3,7 @@
 FAMix keeps its styles as Python lists per class and draws with ``random.choice`` per patch; PODA keeps one pickle
 per source image (SPEC 6). :class:`StyleBank` holds all styles in three tensors on one device and draws a whole
 batch of (image, patch) styles with a few tensor operations, reproducibly from a ``torch.Generator``. It saves to
-safetensors with JSON metadata, and reads the public pickle formats without running code from them
+safetensors with JSON metadata and a checksum, and reads the public pickle formats without running code from them
 and with bounded memory (see :mod:`styleda_fast._safe_load`).
 
 FAMix's augmentation in three calls::
@@ -15,6 +15,7 @@ FAMix's augmentation in three calls::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -51,6 +52,7 @@ __all__ = [
 
 FORMAT = "styleda_fast.StyleBank"
 FORMAT_VERSION = 1
+CHECKSUM_PREFIX = "sha256:"
 MAX_CHANNELS = 1 << 20
 MAX_CLASSES = 1 << 16
 _INT64 = (-(2**63), 2**63 - 1)
@@ -59,7 +61,7 @@ _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
 
 class StyleFileWarning(UserWarning):
-    """A style file loaded with a caveat (entries skipped)."""
+    """A style file loaded with a caveat: entries skipped, no checksum."""
 
 
 def _check_device(device, name: str) -> torch.device:
@@ -76,6 +78,12 @@ def _check_device(device, name: str) -> torch.device:
     except (RuntimeError, AssertionError) as exc:
         raise ValueError(f"{name} {device} is not available here: {exc}") from None
     return device
+
+
+def _check_flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return value
 
 
 class StyleBank:
@@ -310,14 +318,20 @@ class StyleBank:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the bank to ``path`` in safetensors (tensors ``mean``, ``std``, ``class_ids``) with JSON metadata
-        (channels, classes, prompts, backbone, layer) and the format version."""
+        (channels, classes, prompts, backbone, layer), the format version and a SHA-256 checksum of
+        the metadata and the tensors (checked by :meth:`load`)."""
         from safetensors.torch import save_file
 
         path = check_path(path)
         tensors = {"mean": self.mean, "std": self.std, "class_ids": self.class_ids}
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         bank = json.dumps(self.metadata())
-        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "bank": bank}
+        meta = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "bank": bank,
+            "checksum": _checksum(tensors, bank),
+        }
         save_file(tensors, path, metadata=meta)
 
     @classmethod
@@ -326,21 +340,26 @@ class StyleBank:
         path: str | os.PathLike,
         map_location: torch.device | str | None = None,
         *,
+        verify: bool = True,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> StyleBank:
         """Read a bank written by :meth:`save`, onto ``map_location`` (default CPU).
 
         Args:
+            verify: check the file's SHA-256 checksum (default); ``False`` skips it (faster for large banks). Files
+                written before checksums were stored have none: they load with a :class:`StyleFileWarning`
+                (re-save them to add one).
             max_bytes: the largest file accepted (1 GiB by default); its header is checked against the file size
                 before any tensor is read.
 
-        A file that is not a valid bank (truncated, another format, inconsistent tensors or
+        A file that is not a valid bank (truncated, another format, failed checksum, inconsistent tensors or
         metadata) raises ``ValueError`` naming the path; a missing file ``FileNotFoundError``.
         """
         from safetensors import SafetensorError, safe_open
 
         path = check_path(path)
         device = _check_device(map_location, "map_location")
+        verify = _check_flag(verify, "verify")
         budget = Budget(max_bytes)
         where = repr(path)
         _check_safetensors_header(path, budget)
@@ -362,6 +381,20 @@ class StyleBank:
         bank_json = header.get("bank")
         if not isinstance(bank_json, str):
             raise ValueError(f"{where} has invalid StyleBank metadata: no 'bank' entry")
+        checksum = header.get("checksum")
+        if checksum is None:
+            if verify:
+                warnings.warn(
+                    f"{where} has no checksum (written before styleda_fast stored one): loaded without an integrity "
+                    "check; save it again to add one",
+                    StyleFileWarning,
+                    stacklevel=2,
+                )
+        elif verify and checksum != _checksum(tensors, bank_json):
+            raise ValueError(
+                f"{where} failed its integrity check (the SHA-256 checksum of its contents does not match): the file "
+                "is corrupt or was modified; pass verify=False to load it anyway"
+            )
         try:
             meta = json.loads(bank_json)
         except (ValueError, RecursionError) as exc:
@@ -542,6 +575,18 @@ def _as_style(t, path, key: str) -> Tensor:
     if bad:
         raise ValueError(f"{os.fspath(path)!r}: {key} has {bad} non-finite values (NaN or inf, in float32)")
     return flat
+
+
+def _checksum(tensors: Mapping[str, Tensor], bank_json: str) -> str:
+    """SHA-256 over the bank metadata and, in a fixed order, each tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(b"styleda_fast.StyleBank checksum 1\0")
+    digest.update(bank_json.encode("utf-8", "surrogatepass") + b"\0")
+    for name in ("mean", "std", "class_ids"):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return CHECKSUM_PREFIX + digest.hexdigest()
 
 
 def _check_safetensors_header(path, budget: Budget) -> None:

@@ -387,7 +387,7 @@ def test_safetensors_declared_sizes_are_checked_before_loading(tmp_path):
     }
     data = float_bytes([0, 0, 1, 1]) + struct.pack("<q", 255)
     good = write(tmp_path / "good.safetensors", safetensors_file(entries, data))
-    assert StyleBank.load(good).mean.shape == (1, 2)
+    assert StyleBank.load(good, verify=False).mean.shape == (1, 2)
     huge = json.loads(json.dumps(entries))
     huge["mean"] = {"dtype": "F32", "shape": [10**9, 2], "data_offsets": [0, 8 * 10**9]}
     cases = {
