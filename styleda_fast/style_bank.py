@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import warnings
@@ -43,6 +44,7 @@ from styleda_fast.prompts import CITYSCAPES_CLASSES
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "EMPTY_CLASS_MODES",
     "FileBudgetError",
     "StyleBank",
     "StyleFileWarning",
@@ -53,6 +55,7 @@ __all__ = [
 FORMAT = "styleda_fast.StyleBank"
 FORMAT_VERSION = 1
 CHECKSUM_PREFIX = "sha256:"
+EMPTY_CLASS_MODES = ("error", "any")
 MAX_CHANNELS = 1 << 20
 MAX_CLASSES = 1 << 16
 _INT64 = (-(2**63), 2**63 - 1)
@@ -61,7 +64,7 @@ _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
 
 class StyleFileWarning(UserWarning):
-    """A style file loaded with a caveat: entries skipped, no checksum."""
+    """A style file loaded with a caveat: entries skipped, negative standard deviations clamped, no checksum."""
 
 
 def _check_device(device, name: str) -> torch.device:
@@ -80,10 +83,38 @@ def _check_device(device, name: str) -> torch.device:
     return device
 
 
+def _check_clamp(clamp) -> float | None:
+    if clamp is None:
+        return None
+    if isinstance(clamp, bool) or not isinstance(clamp, (int, float)):
+        raise TypeError(f"clamp_negative_std must be a float >= 0 or None, got {type(clamp).__name__}")
+    if not math.isfinite(clamp) or clamp < 0:
+        raise ValueError(f"clamp_negative_std must be a finite float >= 0 or None, got {clamp!r}")
+    return float(clamp)
+
+
 def _check_flag(value, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
     return value
+
+
+def _negative_std(std: Tensor, clamp: float | None, where: str) -> Tensor:
+    """The loaders' rule for negative standard deviations (the bank itself refuses them, see :meth:`StyleBank.add`):
+    set them to ``clamp`` with a :class:`StyleFileWarning`, or refuse the file when ``clamp`` is None."""
+    negative = std < 0
+    count = int(negative.sum())
+    if count == 0:
+        return std
+    what = f"{where}: {count} of {std.numel()} std values are negative (min {float(std.min()):.4g})"
+    if clamp is None:
+        raise ValueError(f"{what}; pass clamp_negative_std=0.0 (or another value >= 0) to load it with them clamped")
+    warnings.warn(
+        f"{what}; set to clamp_negative_std = {clamp} (pass clamp_negative_std=None to refuse such files)",
+        StyleFileWarning,
+        stacklevel=3,
+    )
+    return torch.where(negative, torch.full_like(std, clamp), std)
 
 
 class StyleBank:
@@ -97,6 +128,9 @@ class StyleBank:
         class_names: ``K`` distinct names (default: Cityscapes for ``K = 19``, else ``"0"``, ``"1"``, ...).
         device: where the styles live and are sampled.
         prompts, backbone, layer: optional metadata kept in saved files (``prompts`` maps a class name to its text).
+        empty_class: what :meth:`sample` does for a class that has no styles when the fallback class has none
+            either: ``"error"`` (default) raises ``ValueError``; ``"any"`` draws uniformly from all styles of the
+            bank. Saved with the bank.
 
     Errors: a wrong type raises ``TypeError``, a wrong value ``ValueError``, each naming the argument.
     """
@@ -112,6 +146,7 @@ class StyleBank:
         prompts: Mapping[str, str] | None = None,
         backbone: str | None = None,
         layer: str | None = None,
+        empty_class: str = "error",
     ) -> None:
         channels = check_int(channels, "channels", 1, MAX_CHANNELS)
         num_classes = check_int(num_classes, "num_classes", 0, MAX_CLASSES)
@@ -135,11 +170,16 @@ class StyleBank:
         for name, value in (("backbone", backbone), ("layer", layer)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a str or None, got {type(value).__name__}")
+        if not isinstance(empty_class, str):
+            raise TypeError(f"empty_class must be one of {EMPTY_CLASS_MODES}, got {type(empty_class).__name__}")
+        if empty_class not in EMPTY_CLASS_MODES:
+            raise ValueError(f"empty_class must be one of {EMPTY_CLASS_MODES}, got {short(empty_class)}")
         self.device = _check_device(device, "device")
         self.channels, self.num_classes, self.fallback = channels, num_classes, fallback
         self.class_names = class_names
         self.prompts = dict(prompts or {})
         self.backbone, self.layer = backbone, layer
+        self.empty_class = empty_class
         self.mean = torch.empty(0, channels, device=self.device)
         self.std = torch.empty(0, channels, device=self.device)
         self.class_ids = torch.empty(0, dtype=torch.int64, device=self.device)
@@ -153,7 +193,7 @@ class StyleBank:
     def __repr__(self) -> str:
         return (
             f"StyleBank({len(self)} styles, channels={self.channels}, num_classes={self.num_classes}, "
-            f"fallback={self.fallback}, device={self.device})"
+            f"fallback={self.fallback}, empty_class={self.empty_class!r}, device={self.device})"
         )
 
     def _slots(self, class_ids: Tensor, name: str) -> Tensor:
@@ -196,8 +236,8 @@ class StyleBank:
         """Append ``N`` styles: ``mean``, ``std`` of shape ``(N, C)`` (or ``(N, C, 1, 1)``), ``class_ids (N,)``
         (or one int for all). They are stored in float32 on the bank's device.
 
-        Values must be finite (after the conversion to float32); anything else raises ``ValueError`` naming the
-        argument.
+        Values must be finite (after the conversion to float32) and ``std >= 0``; anything else raises
+        ``ValueError`` naming the argument (the loaders clamp negative std from files, see ``clamp_negative_std``).
         """
         tensors = []
         for name, t in (("mean", mean), ("std", std)):
@@ -216,6 +256,11 @@ class StyleBank:
         mean, std = tensors
         if mean.shape != std.shape:
             raise ValueError(f"mean {tuple(mean.shape)} and std {tuple(std.shape)} must have the same shape")
+        negative = int((std < 0).sum())
+        if negative:
+            raise ValueError(
+                f"std must be >= 0: {negative} of {std.numel()} values are negative (min {float(std.min()):.4g})"
+            )
         class_ids = self._as_class_ids(class_ids, mean.shape[0])
         self._slots(class_ids, "class_ids")
         self.mean = torch.cat([self.mean, mean])
@@ -253,11 +298,13 @@ class StyleBank:
 
     def sample(self, class_ids: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """For each entry of ``class_ids`` (any shape), a style drawn uniformly from that class's styles, or from
-        the fallback class when the class has none (FAMix's rule).
+        the fallback class when the class has none (FAMix's rule). When the fallback class has none either, the
+        bank's ``empty_class`` decides: ``"error"`` raises ``ValueError``, ``"any"`` draws uniformly from all
+        styles.
 
         Returns ``(mean, std)``, each ``class_ids.shape + (C,)`` float32 on the bank's device. One ``torch.rand``
         draw of ``class_ids.numel()`` numbers from ``generator``: the same generator state gives the same styles,
-        also after :meth:`save` / :meth:`load`. ``ValueError`` when an entry's class and the fallback have none.
+        also after :meth:`save` / :meth:`load`.
         """
         if not isinstance(class_ids, Tensor) or class_ids.is_floating_point() or class_ids.dtype == torch.bool:
             raise TypeError(f"class_ids must be an integer torch.Tensor, got {getattr(class_ids, 'dtype', class_ids)}")
@@ -265,22 +312,34 @@ class StyleBank:
         order, offsets, counts, count_list = self._build()
         slots = self._slots(class_ids.to(self.device), "class_ids")
         fallback_slot = self.num_classes
+        use_all = None
         empty = [k for k, n in enumerate(count_list) if n == 0]
         if empty:
             if count_list[fallback_slot] == 0:
                 hit = torch.isin(slots, torch.tensor(empty, device=self.device))
                 if bool(hit.any()):
-                    k = int(slots[hit][0])
-                    name = self.class_names[k] if k < self.num_classes else str(self.fallback)
-                    raise ValueError(
-                        f"class {name!r} has no styles and the fallback class {self.fallback} has none either; "
-                        "add styles before sampling"
-                    )
+                    if self.empty_class == "any" and len(self) == 0:
+                        raise ValueError("the bank has no styles; add styles before sampling")
+                    if self.empty_class == "any":
+                        use_all = hit
+                    else:
+                        k = int(slots[hit][0])
+                        name = self.class_names[k] if k < self.num_classes else str(self.fallback)
+                        raise ValueError(
+                            f"class {name!r} has no styles and the fallback class {self.fallback} has none either; "
+                            "add styles before sampling, or build the bank with empty_class='any' to draw such "
+                            "classes from all styles"
+                        )
             slots = torch.where(counts[slots] > 0, slots, torch.full_like(slots, fallback_slot))
         n = counts[slots]
+        if use_all is not None:
+            n = torch.where(use_all, torch.full_like(n, len(self)), n)
         u = torch.rand(slots.shape, generator=generator, device=self.device, dtype=torch.float64)
         pick = (u * n).long().clamp_max(n - 1)
-        index = order[offsets[slots] + pick]
+        if use_all is None:
+            index = order[offsets[slots] + pick]
+        else:  # entries of empty classes index the whole bank directly
+            index = torch.where(use_all, pick, order[torch.where(use_all, pick, offsets[slots] + pick)])
         return self.mean[index], self.std[index]
 
     def sample_grid(self, classes: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -314,11 +373,12 @@ class StyleBank:
             "prompts": self.prompts,
             "backbone": self.backbone,
             "layer": self.layer,
+            "empty_class": self.empty_class,
         }
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the bank to ``path`` in safetensors (tensors ``mean``, ``std``, ``class_ids``) with JSON metadata
-        (channels, classes, prompts, backbone, layer), the format version and a SHA-256 checksum of
+        (channels, classes, prompts, backbone, layer, empty_class), the format version and a SHA-256 checksum of
         the metadata and the tensors (checked by :meth:`load`)."""
         from safetensors.torch import save_file
 
@@ -342,6 +402,7 @@ class StyleBank:
         *,
         verify: bool = True,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        clamp_negative_std: float | None = 0.0,
     ) -> StyleBank:
         """Read a bank written by :meth:`save`, onto ``map_location`` (default CPU).
 
@@ -351,6 +412,9 @@ class StyleBank:
                 (re-save them to add one).
             max_bytes: the largest file accepted (1 GiB by default); its header is checked against the file size
                 before any tensor is read.
+            clamp_negative_std: negative std values (which :meth:`add` refuses; possible in files from other
+                writers or older versions) are set to this value, 0.0 by default, with a :class:`StyleFileWarning`
+                giving their count; ``None`` refuses such files.
 
         A file that is not a valid bank (truncated, another format, failed checksum, inconsistent tensors or
         metadata) raises ``ValueError`` naming the path; a missing file ``FileNotFoundError``.
@@ -361,6 +425,7 @@ class StyleBank:
         device = _check_device(map_location, "map_location")
         verify = _check_flag(verify, "verify")
         budget = Budget(max_bytes)
+        clamp = _check_clamp(clamp_negative_std)
         where = repr(path)
         _check_safetensors_header(path, budget)
         try:
@@ -411,11 +476,15 @@ class StyleBank:
                 prompts=meta.get("prompts"),
                 backbone=meta.get("backbone"),
                 layer=meta.get("layer"),
+                empty_class=meta.get("empty_class", "error"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{where} has invalid StyleBank metadata: {short(str(exc), 200)}") from None
+        std = tensors["std"]
+        if std.is_floating_point():
+            std = _negative_std(std, clamp, where)
         try:
-            bank.add(tensors["mean"], tensors["std"], tensors["class_ids"])
+            bank.add(tensors["mean"], std, tensors["class_ids"])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where} holds inconsistent style tensors: {exc}") from None
         return bank
@@ -430,6 +499,7 @@ class StyleBank:
         device: torch.device | str | None = None,
         pattern: str = "*.pkl",
         max_bytes: int = DEFAULT_MAX_BYTES,
+        clamp_negative_std: float | None = 0.0,
     ) -> StyleBank:
         """PODA's bank: one pickle per source image holding ``{"mu_f1": (C, 1, 1), "std_f1": (C, 1, 1)}``. The
         regular files matching ``pattern`` (sorted by name) are read with :func:`safe_unpickle`; other entries
@@ -440,6 +510,8 @@ class StyleBank:
         Args:
             max_bytes: the budget of the whole folder: every file, all the tensor data decoded from the files
                 together, and the stacked bank must fit (1 GiB by default).
+            clamp_negative_std: negative std values are set to this value (0.0, as PODA's PIN clamps before use),
+                with a :class:`StyleFileWarning` giving their count; ``None`` refuses them.
         """
         directory = check_path(directory, "directory")
         if not isinstance(pattern, str):
@@ -448,6 +520,7 @@ class StyleBank:
             raise ValueError("pattern must not be empty")
         device = _check_device(device, "device")
         budget = Budget(max_bytes)
+        clamp = _check_clamp(clamp_negative_std)
         where = repr(directory)
         if not os.path.isdir(directory):
             if not os.path.exists(directory):
@@ -485,7 +558,7 @@ class StyleBank:
                     )
                 out.append(style)
         budget.check_size(2 * len(means) * channels * 4, f"the bank stacked from {where}")
-        mean, std = torch.stack(means), torch.stack(stds)
+        mean, std = torch.stack(means), _negative_std(torch.stack(stds), clamp, where)
         try:
             bank = cls(channels, num_classes=0, device=device)
         except ValueError as exc:
@@ -501,22 +574,27 @@ class StyleBank:
         class_names: Sequence[str] = CITYSCAPES_CLASSES,
         fallback: int = 255,
         device: torch.device | str | None = None,
+        empty_class: str = "error",
         max_bytes: int = DEFAULT_MAX_BYTES,
+        clamp_negative_std: float | None = 0.0,
     ) -> StyleBank:
         """FAMix's bank: one pickle of ``{"<class name>_mu": [(C, 1, 1), ...], "<class name>_std": [...]}`` with the
         class names and ``"255"`` for the fallback styles, read with :func:`safe_unpickle`. Styles keep their list
         order within each class.
 
         Args:
-            class_names, fallback, device: as for :class:`StyleBank`.
+            class_names, fallback, device, empty_class: as for :class:`StyleBank`.
             max_bytes: the largest file, the most tensor data decoded from it, and the largest stacked bank
                 (1 GiB by default; a list repeating one tensor costs its size for every entry).
+            clamp_negative_std: negative std values (FAMix's patch-wise PIN does not clamp) are set to this value,
+                0.0 by default, with a :class:`StyleFileWarning` giving their count; ``None`` refuses them.
         """
         path = check_path(path)
         budget = Budget(max_bytes)
+        clamp = _check_clamp(clamp_negative_std)
         if not isinstance(class_names, (list, tuple)):
             raise TypeError(f"class_names must be a list or tuple of str, got {type(class_names).__name__}")
-        template = cls(1, len(class_names), fallback, class_names, device=device)
+        template = cls(1, len(class_names), fallback, class_names, device=device, empty_class=empty_class)
         where = repr(path)
         data = unpickle_file(path, budget)
         if not isinstance(data, dict):
@@ -555,9 +633,10 @@ class StyleBank:
                         )
                     out.append(style)
             labels += [k] * len(mus)
-        mean, std = torch.stack(means), torch.stack(stds)
+        mean, std = torch.stack(means), _negative_std(torch.stack(stds), clamp, where)
         try:
-            bank = cls(first[1], len(template.class_names), fallback, template.class_names, device=device)  # fmt: skip
+            bank = cls(first[1], len(template.class_names), fallback, template.class_names, device=device,
+                       empty_class=empty_class)  # fmt: skip
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
         bank.add(mean, std, torch.tensor(labels, dtype=torch.int64))

@@ -299,6 +299,8 @@ def test_sample_property(counts, fallback, shape, seed):
         ({"layer": ["layer1"]}, TypeError, "layer"),
         ({"device": "nonsense"}, ValueError, "device"),
         ({"device": 3.5}, TypeError, "device"),
+        ({"empty_class": "fallback"}, ValueError, "empty_class"),
+        ({"empty_class": None}, TypeError, "empty_class"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs, error, name):
@@ -362,6 +364,7 @@ def test_load_rejects_bad_metadata_and_map_location(tmp_path):
         "nested_prompts": json.dumps(base | {"prompts": {"road": {"a": [[[[["deep"]]]]]}}}),
         "huge_classes": json.dumps(base | {"num_classes": 10**9}),
         "not_object": "[1, 2]",
+        "empty_class": json.dumps(base | {"empty_class": "sometimes"}),
     }
     for tag, text in cases.items():
         path = tmp_path / f"{tag}.safetensors"
@@ -389,3 +392,89 @@ def test_loaders_name_styles_with_other_channel_counts(tmp_path):
         pickle.dump({"mu_f1": torch.zeros(C + 1, 1, 1), "std_f1": torch.ones(C + 1, 1, 1)}, f)
     with pytest.raises(ValueError, match=r"img_002\.pkl.*mu_f1 has 17 channels but .*img_000\.pkl.* has 16"):
         StyleBank.from_poda_dir(folder)
+
+
+# ----------------------------------------------------------------------------- negative std, empty classes
+
+
+def test_add_rejects_negative_std():
+    bank = StyleBank(C)
+    std = torch.rand(3, C) + 0.1
+    std[0, 1], std[2, 3] = -0.5, -0.01
+    with pytest.raises(ValueError, match=r"std must be >= 0: 2 of 48 values are negative \(min -0\.5\)"):
+        bank.add(torch.zeros(3, C), std, 0)
+    assert len(bank) == 0
+    bank.add(torch.zeros(3, C), std.clamp_min(0), 0)  # zero is a valid std
+
+
+def test_loaders_report_and_clamp_negative_std(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "poda"
+    folder.mkdir()
+    styles = write_poda_dir(folder, n=3)
+    styles[1]["std_f1"][2] = -0.25
+    styles[1]["std_f1"][5] = -0.5
+    with open(folder / "img_001.pkl", "wb") as f:
+        pickle.dump(styles[1], f)
+    famix = tmp_path / "famix.pkl"
+    with open(famix, "wb") as f:
+        pickle.dump({"road_mu": [s["mu_f1"] for s in styles], "road_std": [s["std_f1"] for s in styles]}, f)
+    old = tmp_path / "old.safetensors"
+    meta = json.dumps({"channels": C, "num_classes": 19, "fallback": 255, "class_names": None})
+    save_file(
+        {"mean": torch.zeros(3, C), "std": torch.stack([s["std_f1"].flatten() for s in styles]),
+         "class_ids": torch.tensor([0, 1, 255])},
+        str(old), {"format": "styleda_fast.StyleBank", "format_version": "1", "bank": meta},
+    )  # fmt: skip
+    loaders = {
+        "poda": lambda **kw: StyleBank.from_poda_dir(folder, **kw),
+        "famix": lambda **kw: StyleBank.from_famix_pickle(famix, **kw),
+        "old": lambda **kw: StyleBank.load(old, verify=False, **kw),
+    }
+    for tag, load in loaders.items():
+        with pytest.warns(UserWarning, match=rf"{tag}.*2 of {3 * C} std values are negative \(min -0\.5\).*clamp"):
+            bank = load()
+        assert (bank.std >= 0).all() and bank.std[1, 2] == 0 and bank.std[1, 5] == 0
+        assert torch.equal(bank.std[0], styles[0]["std_f1"].flatten())  # the rest unchanged
+        with pytest.warns(UserWarning, match="negative"):
+            bank = load(clamp_negative_std=0.125)
+        assert bank.std[1, 2] == 0.125 and bank.std[1, 5] == 0.125
+        assert torch.equal(bank.std[1, 3], styles[1]["std_f1"].flatten()[3])  # positives are kept as they are
+        with pytest.raises(ValueError, match=rf"{tag}.*2 of {3 * C} std values are negative"):
+            load(clamp_negative_std=None)
+        with pytest.raises(ValueError, match="clamp_negative_std"):
+            load(clamp_negative_std=-1.0)
+        with pytest.raises(TypeError, match="clamp_negative_std"):
+            load(clamp_negative_std="0")
+
+
+def test_empty_class_any_draws_from_all_styles(tmp_path):
+    bank = make_bank({0: 2, 4: 3})  # no fallback styles
+    classes = torch.tensor([0, 7, 4, 255, 7])
+    with pytest.raises(ValueError, match="empty_class='any'"):
+        bank.sample(classes)  # "error", the default
+    anyb = StyleBank(C, empty_class="any", backbone="RN50", layer="layer1", prompts={"road": "a road"})
+    anyb.add(bank.mean, bank.std, bank.class_ids)
+    mean, _ = anyb.sample(classes.repeat(2000), torch.Generator().manual_seed(0))
+    drawn = mean[:, :2].reshape(2000, 5, 2)
+    assert (drawn[:, 0, 0] == 0).all() and (drawn[:, 2, 0] == 4).all()  # classes with styles keep their own
+    for column in (1, 3, 4):  # empty class and empty fallback: any of the 5 styles, uniformly
+        keys = drawn[:, column, 0] * 10 + drawn[:, column, 1]
+        freq = torch.stack([(keys == k).double().mean() for k in (0, 1, 40, 41, 42)])
+        assert abs(float(freq.sum()) - 1) < 1e-9 and ((freq - 0.2).abs() < 0.05).all(), freq
+    # saved with the bank; the same generator gives the same styles after loading
+    anyb.save(tmp_path / "any.safetensors")
+    loaded = StyleBank.load(tmp_path / "any.safetensors")
+    assert loaded.empty_class == "any" and loaded.metadata() == anyb.metadata()
+    a = anyb.sample(classes, torch.Generator().manual_seed(3))
+    b = loaded.sample(classes, torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="no styles"):
+        StyleBank(C, empty_class="any").sample(torch.tensor([0]))
+    famix = tmp_path / "famix.pkl"
+    with open(famix, "wb") as f:
+        pickle.dump({"road_mu": [torch.zeros(C, 1, 1)], "road_std": [torch.ones(C, 1, 1)]}, f)
+    assert StyleBank.from_famix_pickle(famix, empty_class="any").sample(torch.tensor([5]))[0].shape == (1, C)
+    with pytest.raises(ValueError, match="no styles"):
+        StyleBank.from_famix_pickle(famix).sample(torch.tensor([5]))
