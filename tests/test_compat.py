@@ -140,3 +140,72 @@ def test_public_pickles_load_safely(tmp_path):
     with pytest.raises(UnsafePickleError):
         famix.load_saved_params(tmp_path / "evil.pkl")
     assert not marker.exists()
+
+
+def test_famix_transfer_rejects_styles_of_another_layer():
+    x = _features(B=2, size=12)  # C = 8
+    with pytest.raises(ValueError, match=r"saved_params\[.*\]\[\d+\] has 4 values but features has C = 8"):
+        famix.transfer(x, [["road", "road"]] * 9, _bank(C=4), None)
+    with pytest.raises(TypeError, match="saved_params"):
+        famix.transfer(x, [["road", "road"]] * 9, [("road", torch.zeros(8))], None)
+    with pytest.raises(TypeError, match="features"):
+        famix.transfer(x.numpy(), [["road", "road"]] * 9, _bank(), None)
+    with pytest.raises(TypeError, match="most_list"):
+        famix.transfer(x, "road" * 9, _bank(), None)
+
+
+def test_most_list_from_dominant_matches_famix():
+    """The documented bridge from patch_dominant_class to FAMix's most_list: the same lists FAMix builds."""
+    from styleda_fast import patch_dominant_class
+
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 19, (3, 24, 24), generator=gen)
+    labels[0, :8, :8] = 255  # an unlabelled patch
+    labels[1, 8:16, 16:] = 18  # the last class
+    labels[2, 16:, :8] = 0
+    labels[2, :5, 8:16] = 7  # a patch with a clear majority
+    dominant = patch_dominant_class(labels, grid=3)
+    ours = famix.most_list_from_dominant(dominant)
+    assert ours == public.dominant_classes_public(labels, 3, NAMES)
+    assert ours[0][0] == 255 and ours[5][1] == "bicycle" and ours[6][2] == "road"
+    ids = famix.most_list_from_dominant(dominant, class_names=[str(k) for k in range(19)], ignore_index=255)
+    assert ids[1][2] == "7"
+    # it feeds transfer, which then matches the public transfer branch
+    x, bank = _features(B=3, size=12), _bank()
+    random.seed(1)
+    expected = public.famix_transfer(x, public.dominant_classes_public(labels, 3, NAMES), bank, None)
+    random.seed(1)
+    assert_close(famix.transfer(x, ours, bank, None), expected, 1e-10)
+
+
+@pytest.mark.parametrize(
+    ("dominant", "kwargs", "error", "match"),
+    [
+        (torch.full((1, 3, 3), 40), {}, ValueError, "got 40"),  # IndexError before
+        (torch.full((1, 3, 3), -1), {}, ValueError, "got -1"),  # silently 'bicycle' before
+        (torch.full((1, 3, 3), 254), {}, ValueError, "got 254"),
+        (torch.zeros(9, dtype=torch.int64), {}, ValueError, "dominant must have shape"),
+        (torch.zeros(1, 3, 3), {}, TypeError, "dominant"),  # float
+        (torch.zeros(1, 3, 3, dtype=torch.bool), {}, TypeError, "dominant"),
+        ([[[0]]], {}, TypeError, "dominant"),
+        (torch.zeros(1, 3, 3, dtype=torch.int64), {"ignore_index": 3}, ValueError, "ignore_index"),
+        (torch.zeros(1, 3, 3, dtype=torch.int64), {"ignore_index": "255"}, TypeError, "ignore_index"),
+        (torch.zeros(1, 3, 3, dtype=torch.int64), {"class_names": "road"}, TypeError, "class_names"),
+    ],
+)
+def test_most_list_from_dominant_rejects_bad_input(dominant, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        famix.most_list_from_dominant(dominant, **kwargs)
+
+
+def test_compat_loaders_check_what_they_return(tmp_path):
+    import pickle
+
+    with open(tmp_path / "a.pkl", "wb") as f:
+        pickle.dump({"mu_f1": [1.0, 2.0], "std_f1": torch.ones(2)}, f)
+    with pytest.raises(ValueError, match=r"a\.pkl.*mu_f1 must be a float tensor"):
+        poda.load_stats(tmp_path / "a.pkl")
+    with open(tmp_path / "b.pkl", "wb") as f:
+        pickle.dump({"road_mu": [torch.zeros(2), "x"], "road_std": []}, f)
+    with pytest.raises(ValueError, match=r"b\.pkl.*road_mu\[1\] must be a float tensor"):
+        famix.load_saved_params(tmp_path / "b.pkl")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -274,3 +275,206 @@ def test_sample_property(counts, fallback, shape, seed):
     assert torch.equal(mean[..., 0].long(), want)
     limit = torch.where(want == 255, fallback, torch.tensor(counts)[classes.clamp_max(18)])
     assert ((mean[..., 1] >= 0) & (mean[..., 1] < limit)).all()
+
+
+# ----------------------------------------------------------------------------- bad arguments (each names itself)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"fallback": 10**30}, ValueError, "fallback"),  # accepted before, OverflowError when sampling
+        ({"fallback": -(2**64)}, ValueError, "fallback"),
+        ({"fallback": 2.0}, TypeError, "fallback"),
+        ({"channels": "16"}, TypeError, "channels"),
+        ({"channels": 0}, ValueError, "channels"),
+        ({"channels": 10**12}, ValueError, "channels"),
+        ({"num_classes": 10**9}, ValueError, "num_classes"),  # would build a billion default names
+        ({"num_classes": 3, "class_names": "abc"}, TypeError, "class_names"),
+        ({"num_classes": 2, "class_names": ["a", 1]}, TypeError, "class_names"),
+        ({"num_classes": 2, "class_names": ["a"]}, ValueError, "class_names"),
+        ({"prompts": {"road": ["nested"]}}, TypeError, "prompts"),
+        ({"prompts": "a road"}, TypeError, "prompts"),
+        ({"backbone": 50}, TypeError, "backbone"),
+        ({"layer": ["layer1"]}, TypeError, "layer"),
+        ({"device": "nonsense"}, ValueError, "device"),
+        ({"device": 3.5}, TypeError, "device"),
+        ({"empty_class": "fallback"}, ValueError, "empty_class"),
+        ({"empty_class": None}, TypeError, "empty_class"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(kwargs, error, name):
+    kwargs = {"channels": C} | kwargs
+    with pytest.raises(error, match=name):
+        StyleBank(**kwargs)
+
+
+def test_add_and_sampling_reject_bad_arguments():
+    bank = make_bank({0: 2, 255: 1})
+    with pytest.raises(ValueError, match="std"):
+        bank.add(torch.randn(2, C), torch.rand(2, C + 1), 0)  # mismatched channel counts
+    with pytest.raises(ValueError, match="mean"):
+        bank.add(torch.randn(2, C, 1), torch.rand(2, C, 1), 0)
+    with pytest.raises(ValueError, match="same shape"):
+        bank.add(torch.randn(2, C), torch.rand(3, C), 0)
+    with pytest.raises(TypeError, match="class_ids"):
+        bank.add(torch.randn(2, C), torch.rand(2, C), [0, "road"])
+    with pytest.raises(TypeError, match="class_ids"):
+        bank.add(torch.randn(2, C), torch.rand(2, C), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="class_ids"):
+        bank.add(torch.randn(2, C), torch.rand(2, C), 10**30)
+    with pytest.raises(ValueError, match="class_ids"):
+        bank.add(torch.randn(2, C), torch.rand(2, C), [0, 2**70])
+    with pytest.raises(ValueError, match="mean has 1 non-finite"):
+        bank.add(torch.tensor([[float("nan")] + [0.0] * (C - 1)]), torch.ones(1, C), 0)
+    with pytest.raises(ValueError, match="std has 1 non-finite"):
+        bank.add(torch.zeros(1, C), torch.tensor([[1e300] + [1.0] * (C - 1)], dtype=torch.float64), 0)  # inf in f32
+    assert len(bank) == 3  # nothing was added by the failed calls
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        bank.sample_any(-1)
+    with pytest.raises(TypeError, match="n must be an int"):
+        bank.sample_any(2.5)
+    assert bank.sample_any(0)[0].shape == (0, C)
+    with pytest.raises(TypeError, match="generator"):
+        bank.sample_any(2, generator=0)
+    with pytest.raises(TypeError, match="classes"):
+        bank.sample_grid([[0]])
+    with pytest.raises(ValueError, match="classes"):
+        bank.sample_grid(torch.zeros(2, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="device"):
+        bank.to("nonsense")
+
+
+def test_load_rejects_bad_metadata_and_map_location(tmp_path):
+    from safetensors.torch import save_file
+
+    bank = make_bank({0: 2})
+    good = tmp_path / "bank.safetensors"
+    bank.save(good)
+    with pytest.raises(ValueError, match="map_location"):
+        StyleBank.load(good, map_location="nonsense")
+    with pytest.raises(TypeError, match="map_location"):
+        StyleBank.load(good, map_location={"cuda:0": "cpu"})  # torch.load's dict form is not supported
+    with pytest.raises(TypeError, match="path"):
+        StyleBank.load(3)
+    tensors = {"mean": torch.zeros(1, C), "std": torch.ones(1, C), "class_ids": torch.tensor([0])}
+    base = {"channels": C, "num_classes": 19, "fallback": 255, "class_names": None}
+    cases = {
+        "deep": "[" * 100_000 + "]" * 100_000,  # RecursionError in json before
+        "nested_prompts": json.dumps(base | {"prompts": {"road": {"a": [[[[["deep"]]]]]}}}),
+        "huge_classes": json.dumps(base | {"num_classes": 10**9}),
+        "not_object": "[1, 2]",
+        "empty_class": json.dumps(base | {"empty_class": "sometimes"}),
+    }
+    for tag, text in cases.items():
+        path = tmp_path / f"{tag}.safetensors"
+        save_file(tensors, str(path), {"format": "styleda_fast.StyleBank", "format_version": "1", "bank": text})
+        with pytest.warns(UserWarning, match="no checksum"), pytest.raises(ValueError, match=f"{tag}.*metadata"):
+            StyleBank.load(path)
+
+
+def test_loaders_name_styles_with_other_channel_counts(tmp_path):
+    data = {"road_mu": [torch.zeros(C, 1, 1), torch.zeros(C + 1, 1, 1)], "road_std": [torch.ones(C, 1, 1)] * 2}
+    with open(tmp_path / "famix.pkl", "wb") as f:
+        pickle.dump(data, f)
+    with pytest.raises(ValueError, match=r"famix\.pkl.*road_mu\[1\] has 17 channels but road_mu\[0\] has 16"):
+        StyleBank.from_famix_pickle(tmp_path / "famix.pkl")
+    data = {"road_mu": [torch.zeros(C, 1, 1)], "road_std": [torch.ones(C, 1, 1)], "255_mu": [torch.zeros(C + 1)]}
+    data["255_std"] = [torch.ones(C + 1)]
+    with open(tmp_path / "famix.pkl", "wb") as f:
+        pickle.dump(data, f)
+    with pytest.raises(ValueError, match=r"255_mu\[0\] has 17 channels"):
+        StyleBank.from_famix_pickle(tmp_path / "famix.pkl")
+    folder = tmp_path / "poda"
+    folder.mkdir()
+    write_poda_dir(folder, n=2)
+    with open(folder / "img_002.pkl", "wb") as f:
+        pickle.dump({"mu_f1": torch.zeros(C + 1, 1, 1), "std_f1": torch.ones(C + 1, 1, 1)}, f)
+    with pytest.raises(ValueError, match=r"img_002\.pkl.*mu_f1 has 17 channels but .*img_000\.pkl.* has 16"):
+        StyleBank.from_poda_dir(folder)
+
+
+# ----------------------------------------------------------------------------- negative std, empty classes
+
+
+def test_add_rejects_negative_std():
+    bank = StyleBank(C)
+    std = torch.rand(3, C) + 0.1
+    std[0, 1], std[2, 3] = -0.5, -0.01
+    with pytest.raises(ValueError, match=r"std must be >= 0: 2 of 48 values are negative \(min -0\.5\)"):
+        bank.add(torch.zeros(3, C), std, 0)
+    assert len(bank) == 0
+    bank.add(torch.zeros(3, C), std.clamp_min(0), 0)  # zero is a valid std
+
+
+def test_loaders_report_and_clamp_negative_std(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "poda"
+    folder.mkdir()
+    styles = write_poda_dir(folder, n=3)
+    styles[1]["std_f1"][2] = -0.25
+    styles[1]["std_f1"][5] = -0.5
+    with open(folder / "img_001.pkl", "wb") as f:
+        pickle.dump(styles[1], f)
+    famix = tmp_path / "famix.pkl"
+    with open(famix, "wb") as f:
+        pickle.dump({"road_mu": [s["mu_f1"] for s in styles], "road_std": [s["std_f1"] for s in styles]}, f)
+    old = tmp_path / "old.safetensors"
+    meta = json.dumps({"channels": C, "num_classes": 19, "fallback": 255, "class_names": None})
+    save_file(
+        {"mean": torch.zeros(3, C), "std": torch.stack([s["std_f1"].flatten() for s in styles]),
+         "class_ids": torch.tensor([0, 1, 255])},
+        str(old), {"format": "styleda_fast.StyleBank", "format_version": "1", "bank": meta},
+    )  # fmt: skip
+    loaders = {
+        "poda": lambda **kw: StyleBank.from_poda_dir(folder, **kw),
+        "famix": lambda **kw: StyleBank.from_famix_pickle(famix, **kw),
+        "old": lambda **kw: StyleBank.load(old, verify=False, **kw),
+    }
+    for tag, load in loaders.items():
+        with pytest.warns(UserWarning, match=rf"{tag}.*2 of {3 * C} std values are negative \(min -0\.5\).*clamp"):
+            bank = load()
+        assert (bank.std >= 0).all() and bank.std[1, 2] == 0 and bank.std[1, 5] == 0
+        assert torch.equal(bank.std[0], styles[0]["std_f1"].flatten())  # the rest unchanged
+        with pytest.warns(UserWarning, match="negative"):
+            bank = load(clamp_negative_std=0.125)
+        assert bank.std[1, 2] == 0.125 and bank.std[1, 5] == 0.125
+        assert torch.equal(bank.std[1, 3], styles[1]["std_f1"].flatten()[3])  # positives are kept as they are
+        with pytest.raises(ValueError, match=rf"{tag}.*2 of {3 * C} std values are negative"):
+            load(clamp_negative_std=None)
+        with pytest.raises(ValueError, match="clamp_negative_std"):
+            load(clamp_negative_std=-1.0)
+        with pytest.raises(TypeError, match="clamp_negative_std"):
+            load(clamp_negative_std="0")
+
+
+def test_empty_class_any_draws_from_all_styles(tmp_path):
+    bank = make_bank({0: 2, 4: 3})  # no fallback styles
+    classes = torch.tensor([0, 7, 4, 255, 7])
+    with pytest.raises(ValueError, match="empty_class='any'"):
+        bank.sample(classes)  # "error", the default
+    anyb = StyleBank(C, empty_class="any", backbone="RN50", layer="layer1", prompts={"road": "a road"})
+    anyb.add(bank.mean, bank.std, bank.class_ids)
+    mean, _ = anyb.sample(classes.repeat(2000), torch.Generator().manual_seed(0))
+    drawn = mean[:, :2].reshape(2000, 5, 2)
+    assert (drawn[:, 0, 0] == 0).all() and (drawn[:, 2, 0] == 4).all()  # classes with styles keep their own
+    for column in (1, 3, 4):  # empty class and empty fallback: any of the 5 styles, uniformly
+        keys = drawn[:, column, 0] * 10 + drawn[:, column, 1]
+        freq = torch.stack([(keys == k).double().mean() for k in (0, 1, 40, 41, 42)])
+        assert abs(float(freq.sum()) - 1) < 1e-9 and ((freq - 0.2).abs() < 0.05).all(), freq
+    # saved with the bank; the same generator gives the same styles after loading
+    anyb.save(tmp_path / "any.safetensors")
+    loaded = StyleBank.load(tmp_path / "any.safetensors")
+    assert loaded.empty_class == "any" and loaded.metadata() == anyb.metadata()
+    a = anyb.sample(classes, torch.Generator().manual_seed(3))
+    b = loaded.sample(classes, torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="no styles"):
+        StyleBank(C, empty_class="any").sample(torch.tensor([0]))
+    famix = tmp_path / "famix.pkl"
+    with open(famix, "wb") as f:
+        pickle.dump({"road_mu": [torch.zeros(C, 1, 1)], "road_std": [torch.ones(C, 1, 1)]}, f)
+    assert StyleBank.from_famix_pickle(famix, empty_class="any").sample(torch.tensor([5]))[0].shape == (1, C)
+    with pytest.raises(ValueError, match="no styles"):
+        StyleBank.from_famix_pickle(famix).sample(torch.tensor([5]))

@@ -6,9 +6,12 @@ the segmentation forward (``network/utils.py``) with :func:`transfer`.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor, nn
 
+from styleda_fast._safe_load import DEFAULT_MAX_BYTES
 from styleda_fast.style_mix import local_style_mix, patch_mean_std
 
 
@@ -80,13 +83,19 @@ def transfer(
     return apply_activation(y, after)
 
 
-def load_stats(path) -> dict:
+def load_stats(path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """One of PODA's per-image style pickles (``{"mu_f1": (C, 1, 1), "std_f1": (C, 1, 1)}``), read without running
-    code from the file (only tensors and plain containers are rebuilt; anything else raises ``UnsafePickleError``).
-    For a whole folder on the device, use ``StyleBank.from_poda_dir``."""
-    from styleda_fast.style_bank import safe_unpickle
+    code from the file (only tensors and plain containers are rebuilt; anything else raises ``UnsafePickleError``)
+    and with bounded memory: ``max_bytes`` (1 GiB by default) bounds the file and the tensor data it may declare,
+    and malformed tensors raise ``ValueError`` naming the file (see :func:`styleda_fast.style_bank.safe_unpickle`).
+    Pickles of any protocol (0 to 5) are read; values are returned as stored (a negative std is kept, as PODA
+    would). For a whole folder on the device, use ``StyleBank.from_poda_dir``."""
+    from styleda_fast._safe_load import safe_unpickle, short
 
-    stats = safe_unpickle(path)
+    stats = safe_unpickle(path, max_bytes=max_bytes)
     if not isinstance(stats, dict) or not {"mu_f1", "std_f1"} <= set(stats):
-        raise ValueError(f"{path}: not a PODA style pickle (expected a dict with 'mu_f1' and 'std_f1')")
+        raise ValueError(f"{os.fspath(path)!r}: not a PODA style pickle (expected a dict with 'mu_f1' and 'std_f1')")
+    for key in ("mu_f1", "std_f1"):
+        if not isinstance(stats[key], Tensor) or not stats[key].is_floating_point():
+            raise ValueError(f"{os.fspath(path)!r}: {key} must be a float tensor, got {short(stats[key])}")
     return stats
