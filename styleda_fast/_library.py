@@ -42,28 +42,30 @@ def register_family(
     fakes: dict[str, Callable],
     autograd: dict[str, tuple[Callable, Callable]],
     checks: dict[str, Callable],
-) -> torch.library.Library:
+) -> torch.library.Library | None:
     """Register the operators of ``family`` defined in C++.
 
     ``fakes`` maps each operator to its fake kernel, ``autograd`` maps the differentiable ones to ``(backward,
     setup_context)``, ``checks`` each operator to the argument check run before its Triton launcher. Every operator
     in ``fakes`` also gets a CUDA kernel: the Triton launcher of the same name.
+
+    Without the compiled library the operators do not exist (the public API then runs the reference); the
+    formulas and checks are still recorded for the interpreter path.
     """
+    from styleda_fast._backend import _CPP_PROBLEM
+
+    _AUTOGRAD.update(autograd)
+    _CHECKS.update(checks)
+    if _CPP_PROBLEM is not None:
+        return None
     for name, fake in fakes.items():
         torch.library.register_fake(f"{LIBRARY}::{name}", fake, _stacklevel=2)
     for name, (backward, setup_context) in autograd.items():
         torch.library.register_autograd(f"{LIBRARY}::{name}", backward, setup_context=setup_context)
-    record_autograd(family, autograd, checks)
     library = torch.library.Library(LIBRARY, "IMPL")
     for name in fakes:
         library.impl(name, _cuda_kernel(family, name), "CUDA")
     return library
-
-
-def record_autograd(family: str, autograd: dict[str, tuple[Callable, Callable]], checks: dict[str, Callable]) -> None:
-    """Make the autograd formulas and checks of ``family`` known to the interpreter path (also without C++)."""
-    _AUTOGRAD.update(autograd)
-    _CHECKS.update(checks)
 
 
 @functools.cache

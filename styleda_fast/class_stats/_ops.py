@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from styleda_fast._backend import _CPP_PROBLEM
 from styleda_fast._checks import MAX_CLASSES, acc_dtype, require, require_float
-from styleda_fast._library import record_autograd, register_family
+from styleda_fast._library import register_family
 
 # ---------------------------------------------------------------- fake kernels (shapes and dtypes only)
 
@@ -119,8 +118,4 @@ CHECKS = {"patch_dominant_class": _check_patch_dominant_class, "class_mean_std":
 
 FAKES = {"patch_dominant_class": _patch_dominant_class_fake, "class_mean_std": _class_mean_std_fake}
 AUTOGRAD = {"class_mean_std": (_class_mean_std_backward, _class_mean_std_setup)}
-# Without the compiled library the operators do not exist; the public API then runs the reference.
-if _CPP_PROBLEM is None:
-    register_family("class_stats", FAKES, AUTOGRAD, CHECKS)
-else:
-    record_autograd("class_stats", AUTOGRAD, CHECKS)
+register_family("class_stats", FAKES, AUTOGRAD, CHECKS)

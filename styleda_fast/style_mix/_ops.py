@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from styleda_fast._backend import _CPP_PROBLEM
 from styleda_fast._checks import acc_dtype, require, require_float, require_params
-from styleda_fast._library import differentiable_grads, op_namespace, record_autograd, register_family
+from styleda_fast._library import differentiable_grads, op_namespace, register_family
 from styleda_fast.style_mix import reference
 
 # ---------------------------------------------------------------- fake kernels (shapes and dtypes only)
@@ -213,8 +212,4 @@ AUTOGRAD = {
     "patch_mean_std": (_patch_mean_std_backward, _patch_mean_std_setup),
     "local_style_mix": (_local_style_mix_backward, _local_style_mix_setup),
 }
-# Without the compiled library the operators do not exist; the public API then runs the reference.
-if _CPP_PROBLEM is None:
-    register_family("style_mix", FAKES, AUTOGRAD, CHECKS)
-else:
-    record_autograd("style_mix", AUTOGRAD, CHECKS)
+register_family("style_mix", FAKES, AUTOGRAD, CHECKS)

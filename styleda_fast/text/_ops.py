@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from styleda_fast._backend import _CPP_PROBLEM
 from styleda_fast._checks import acc_dtype, require, require_float, require_params
-from styleda_fast._library import once_differentiable, op_namespace, record_autograd, register_family
+from styleda_fast._library import once_differentiable, op_namespace, register_family
 
 # ---------------------------------------------------------------- fake kernels (shapes and dtypes only)
 
@@ -189,8 +188,4 @@ AUTOGRAD = {
     "clip_cosine_loss": (_clip_cosine_loss_backward, _clip_cosine_loss_setup),
     "noisy_style_features": (_noisy_style_features_backward, _noisy_style_features_setup),
 }
-# Without the compiled library the operators do not exist; the public API then runs the reference.
-if _CPP_PROBLEM is None:
-    register_family("text", FAKES, AUTOGRAD, CHECKS)
-else:
-    record_autograd("text", AUTOGRAD, CHECKS)
+register_family("text", FAKES, AUTOGRAD, CHECKS)
