@@ -28,14 +28,17 @@ from styleda_fast.style_bank import StyleBank  # noqa: E402
 dataset = shared.dataset  # 5 images of 64x64 and their label maps
 
 
-def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> str:
+def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str, after_progress: bool = False) -> str:
+    """Exit status 2 and one error line on stderr holding each of ``needles``, no traceback; with
+    ``after_progress``, the error (last) may follow progress lines, each on a line of its own."""
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("styleda-fast mine: error: "), done.stderr
+    assert lines and lines[-1].startswith("styleda-fast mine: error: "), done.stderr
+    assert len(lines) == 1 or (after_progress and all(line.startswith("mining ") for line in lines[:-1])), lines
     assert "Traceback" not in done.stdout + done.stderr
     for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+        assert needle in lines[-1], lines[-1]
+    return lines[-1]
 
 
 def assert_nothing_written(folder: Path, out: Path) -> None:
