@@ -247,10 +247,13 @@ def _cached_openai_weights(name: str) -> tuple[str | None, str, dict]:
     url = cfg.get("url", "")
     path = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
     expected = url.split("/")[-2] if "openaipublic" in url else ""
-    if os.path.isfile(path):
+    if os.path.isfile(path):  # open_clip downloads straight into this file: check that it is whole
+        digest = hashlib.sha256()
         with open(path, "rb") as f:
-            if not expected or hashlib.sha256(f.read()).hexdigest().startswith(expected):
-                return path, url, cfg
+            while block := f.read(1 << 24):
+                digest.update(block)
+        if not expected or digest.hexdigest().startswith(expected):
+            return path, url, cfg
     return None, url, cfg
 
 
@@ -430,6 +433,8 @@ def _scan_files(args) -> _Files:
         if size is not None and args.crop is not None and min(size) < args.crop:
             raise MineError(f"--crop {args.crop}: image {image.name} is only {_hw(size)}")
         files.sizes.append(size)
+    if all(size is None for size in files.sizes):
+        raise MineError(f"--images {args.images}: none of the {len(images)} image files can be read")
     _check_chunk_sizes(files, args)
     return files
 
@@ -850,7 +855,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _disk_error(exc: BaseException, what: Path) -> MineError:
     if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in str(exc):
-        return MineError(f"no space left on the device while writing {what}; free some space and run again")
+        return MineError(
+            f"no space left on the device while writing {what}; free some space and run the same command again "
+            "(finished chunks are kept)"
+        )
     detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return MineError(f"cannot write {what}: {detail}")
 
@@ -914,9 +922,9 @@ def _run(args, console: _Console, state: dict) -> int:
     weights = _check_clip_weights(args.clip_model, args.clip_weights)
     files = _scan_files(args)
     state["validating"] = False
-    for line in ([f"skipping {len(files.not_regular)} entries that are not regular files: "
-                  + ", ".join(files.not_regular)] if files.not_regular else []):  # fmt: skip
-        console.say(line, err=True)
+    if files.not_regular:
+        console.say(f"skipping {len(files.not_regular)} entries that are not regular files: "
+                    + ", ".join(files.not_regular), err=True)  # fmt: skip
 
     # 2. the lock, then the model
     rank, world, device = _distributed(device_name)
@@ -976,7 +984,8 @@ def _run(args, console: _Console, state: dict) -> int:
             except OSError as exc:
                 raise _disk_error(exc, _chunk_file(parts, k)) from None
             eta.finish_chunk()
-            console.progress(f"mining {where} done ({len(result['mean'])} styles), {eta.left()}", final=True)
+            styles = len(result["mean"])
+            console.progress(f"mining {where} done ({styles} style{'s' * (styles != 1)}), {eta.left()}", final=True)
             for line in skipped:
                 console.say(f"skipped: {line}", err=True)
     finally:
