@@ -7,7 +7,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="styleda-fast", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="styleda-fast",
+        description="Benchmark the fused PODA/FAMix style operations, list the backends, or mine a style bank.",
+        epilog="Run 'styleda-fast COMMAND --help' for the options of a command.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="time the fused operations against copy, eager and torch.compile")
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

@@ -21,9 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from styleda_fast._checks import check_features
-from styleda_fast.style_mix import local_style_mix, patch_mean_std
-from styleda_fast.text import clip_cosine_loss, noisy_style_features
+from styleda_fast import clip_cosine_loss, local_style_mix, noisy_style_features, patch_mean_std
+from styleda_fast._checks import check_features, check_int
+
+STD_FLOOR = 1e-5**0.5
+"""Smallest std a mined style keeps (``final_clamp``): ``sqrt(eps)`` with the ``eps = 1e-5`` that instance
+statistics add to the variance (SPEC 1), i.e. the smallest std a real feature's statistics can have."""
 
 
 def _adaptive_pool_matrix(size_in: int, size_out: int, device, dtype) -> Tensor:
@@ -130,8 +133,8 @@ def clip_image_tail(visual: nn.Module, *, pool_to: int | None = 56, fold_batchno
     ``fold_batchnorm`` folds eval-mode BatchNorms into copies of the convolutions (faster; for frozen encoders).
     """
     _check_modified_resnet(visual)
-    if pool_to is not None and (not isinstance(pool_to, int) or pool_to < 1):
-        raise ValueError(f"pool_to must be a positive int or None, got {pool_to!r}")
+    if pool_to is not None:
+        check_int(pool_to, "pool_to", 1)
     return ClipImageTail(visual, pool_to, fold_batchnorm)
 
 
@@ -154,15 +157,26 @@ def _item_weights(reference_batch_size, n: int, device) -> Tensor:
     """Per-item loss weight ``1 / reference batch size`` (default: the ``n`` items given form one public batch)."""
     if reference_batch_size is None:
         return torch.full((n,), 1.0 / max(n, 1), device=device)
-    if isinstance(reference_batch_size, int) and not isinstance(reference_batch_size, bool):
-        if reference_batch_size < 1:
-            raise ValueError(f"reference_batch_size must be >= 1, got {reference_batch_size}")
+    if not isinstance(reference_batch_size, Tensor):
+        check_int(reference_batch_size, "reference_batch_size", 1)
         return torch.full((n,), 1.0 / reference_batch_size, device=device)
     if isinstance(reference_batch_size, Tensor) and reference_batch_size.shape == (n,):
         if (reference_batch_size < 1).any():
             raise ValueError("reference_batch_size must be >= 1 for every item")
         return 1.0 / reference_batch_size.to(device=device, dtype=torch.float32)
-    raise ValueError(f"reference_batch_size must be None, an int or an (N,) tensor; got {reference_batch_size!r}")
+    raise ValueError(
+        f"reference_batch_size must be None, an int or an (N,) tensor with N = {n}; got shape "
+        f"{tuple(reference_batch_size.shape)}"
+    )
+
+
+def _check_float(value, name: str, minimum: float = 0.0) -> float:
+    """``value`` must be a finite real number (not a bool) ``>= minimum``: ``TypeError`` / ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
 
 
 def mine_styles(
@@ -178,12 +192,14 @@ def mine_styles(
     seed: int | None = None,
     detach_norm: bool = True,
     clamp_std: bool = True,
+    final_clamp: bool = True,
     reference_batch_size: int | Tensor | None = None,
     batch_size: int | None = None,
     item_offset: int = 0,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     progress: Callable[[int], None] | None = None,
+    step_progress: Callable[[int, int], None] | None = None,
 ) -> MiningResult:
     """Optimize a style (mean, std per channel) for each content item toward its text target (SPEC 5).
 
@@ -197,6 +213,10 @@ def mine_styles(
             index and the step, so it does not depend on ``batch_size``; ``seed=None`` draws a run seed).
         detach_norm: divide the embedding by its detached norm before the cosine (the public code's graph).
         clamp_std: clamp ``std_s >= 0`` in place before each step (PODA's PIN; FAMix's patch-wise PIN does not).
+        final_clamp: clamp the returned std to ``>= STD_FLOOR`` (``sqrt(1e-5)``, the smallest std that instance
+            statistics give). Without it a mined std can be negative: FAMix never clamps, and PODA clamps before
+            each step, so its last step can still leave a std below 0 (a negative std flips the normalized content
+            when the style is applied). ``final_clamp=False`` returns the public code's raw values.
         reference_batch_size: the batch size each item had in the public code, whose loss is averaged over its
             batch: each item's loss is weighted by ``1 / reference_batch_size``, so many public batches mined
             together give the same styles. Default: the ``N`` items given are one public batch (weight ``1/N``),
@@ -208,9 +228,14 @@ def mine_styles(
         autocast_dtype: e.g. ``torch.bfloat16`` to run the encoder tail under autocast.
         channels_last: run the tail on channels_last tensors.
         progress: called with the number of items finished after each chunk.
+        step_progress: called after each SGD step with ``(steps done, steps in all)``, counting the steps of every
+            chunk of ``batch_size`` items (``steps`` per chunk).
     Returns:
         :class:`MiningResult` with ``mean``, ``std`` ``(N, C)`` float32 and ``loss (N,)``, each item's loss at
         the last step (before its last update).
+    Raises:
+        ``TypeError`` for an argument of the wrong type (``steps=True``, ``lr="1"``), ``ValueError`` for a wrong
+        value (``steps=-1``, ``lr=nan``); the message names the argument.
 
     The style is applied by the fused ``local_style_mix`` (``grid=1``) and the loss is the fused
     ``clip_cosine_loss``. On ReLU content (real layer1 features) the first step's pre-activation of a zero pixel is
@@ -224,16 +249,25 @@ def mine_styles(
         )
     if targets.device != content.device:
         raise ValueError(f"targets is on {targets.device} but content is on {content.device}")
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    if not math.isfinite(feature_noise) or feature_noise < 0:
-        raise ValueError(f"feature_noise must be >= 0, got {feature_noise!r}")
+    check_int(steps, "steps", 0)
+    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        _check_float(value, name)
+    _check_float(feature_noise, "feature_noise")
+    if seed is not None:
+        check_int(seed, "seed")
+    check_int(item_offset, "item_offset", 0)
     n = content.shape[0]
     if batch_size is None:
         batch_size = max(1, n if content.device.type != "cpu" else min(n, 8))
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_int(batch_size, "batch_size", 1)
     chunks = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    steps_done, steps_total = 0, steps * len(chunks)
+
+    def count_step() -> None:
+        nonlocal steps_done
+        steps_done += 1
+        step_progress(steps_done, steps_total)
+
     weights = _item_weights(reference_batch_size, n, content.device)
     tail.eval()
     if channels_last:
@@ -243,13 +277,14 @@ def mine_styles(
     targets = F.normalize(targets.float(), dim=-1)
     means, stds, losses = [], [], []
     for chunk in chunks:
-        result = _mine_chunk(
+        result = _optimize_item_batch(
             tail, content[chunk.start : chunk.stop].detach(), targets[chunk.start : chunk.stop],
             weights[chunk.start : chunk.stop], steps, lr, momentum, weight_decay, feature_noise, seed,
             item_offset + chunk.start, detach_norm, clamp_std, autocast_dtype, channels_last,
+            count_step if step_progress is not None else None,
         )  # fmt: skip
         means.append(result.mean)
-        stds.append(result.std)
+        stds.append(result.std.clamp_min(STD_FLOOR) if final_clamp else result.std)
         losses.append(result.loss)
         if progress is not None:
             progress(len(chunk))
@@ -277,10 +312,11 @@ def _weighted_loss(embeddings: Tensor, targets: Tensor, weights: Tensor, detach_
     return total
 
 
-def _mine_chunk(
+def _optimize_item_batch(
     tail, content, targets, weights, steps, lr, momentum, weight_decay, feature_noise, seed, first_item,
-    detach_norm, clamp_std, autocast_dtype, channels_last,
+    detach_norm, clamp_std, autocast_dtype, channels_last, after_step,
 ) -> MiningResult:  # fmt: skip
+    """``steps`` SGD steps on the styles of one batch of items (optimized together); their raw final styles."""
     mean0, std0 = patch_mean_std(content, 1)
     style_mean = mean0.flatten(1).float().clone().requires_grad_()
     style_std = std0.flatten(1).float().clone().requires_grad_()
@@ -319,6 +355,8 @@ def _mine_chunk(
         loss.backward()
         optimizer.step()
         last_embeddings = embeddings.detach().float()
+        if after_step is not None:
+            after_step()
     if steps == 0:
         item_loss = torch.full((content.shape[0],), float("nan"), device=content.device)
     else:
@@ -373,8 +411,8 @@ def select_patches(
         :class:`PatchSelection`; give ``content`` to :func:`mine_styles` with the text targets of ``class_ids``
         (``famix_descriptions`` + ``encode_prompts``).
     """
+    from styleda_fast import patch_dominant_class
     from styleda_fast._checks import normalize_grid
-    from styleda_fast.class_stats import patch_dominant_class
 
     check_features(features, "features")
     if not isinstance(labels, Tensor) or labels.dim() != 3 or labels.shape[0] != features.shape[0]:

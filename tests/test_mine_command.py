@@ -39,8 +39,10 @@ def dataset(tmp_path_factory):
     return images, labels
 
 
-def mine(*args, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
-    common = ["--clip-weights", "none", "--steps", "1", "--batch-size", "2", "--seed", "3", "--templates", "2"]
+def mine(*args, nproc: int = 1, check: bool = True, env: dict | None = None, timeout: float = 600,
+         common: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run the real command in a subprocess (``common``: small, offline defaults that later flags override)."""
+    common = ["--clip-weights", "none", "--steps", "1", "--batch-size", "2", "--seed", "3", "--templates", "2"] * common
     if nproc == 1:
         command = [sys.executable, "-m", "styleda_fast.cli", "mine", *common, *args]  # later flags win
     else:
@@ -49,8 +51,8 @@ def mine(*args, nproc: int = 1, check: bool = True) -> subprocess.CompletedProce
             port = s.getsockname()[1]
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                    f"--master_port={port}", "-m", "styleda_fast.cli", "mine", *common, *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done

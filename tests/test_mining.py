@@ -121,3 +121,58 @@ def test_default_weights_do_not_depend_on_chunking(rn50):
     expected = public.pin_mining_loop(rn50.visual, content, targets, 2, True)
     _assert_rel(chunked.mean, whole.mean, 1e-5, "chunked mean")
     _assert_rel(whole.mean, expected[0], 1e-4, "mean vs the public loop")
+
+
+def test_argument_checks_name_the_argument(rn50):
+    """Wrong types raise TypeError (``steps=True`` is not a step count), wrong values ValueError."""
+    content, targets = _items(2, size=8)
+    tail = torch.nn.Identity()
+    for kwargs, error, name in [
+        (dict(steps=True), TypeError, "steps"),
+        (dict(steps=2.0), TypeError, "steps"),
+        (dict(steps=-1), ValueError, "steps"),
+        (dict(batch_size=False), TypeError, "batch_size"),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(reference_batch_size=True), TypeError, "reference_batch_size"),
+        (dict(item_offset=-1), ValueError, "item_offset"),
+        (dict(seed=1.5), TypeError, "seed"),
+        (dict(lr=float("nan")), ValueError, "lr"),
+        (dict(lr=float("inf")), ValueError, "lr"),
+        (dict(lr="1"), TypeError, "lr"),
+        (dict(momentum=-0.5), ValueError, "momentum"),
+        (dict(weight_decay=float("nan")), ValueError, "weight_decay"),
+        (dict(feature_noise=float("nan")), ValueError, "feature_noise"),
+        (dict(feature_noise=-0.1), ValueError, "feature_noise"),
+    ]:
+        with pytest.raises(error, match=name):
+            mine_styles(tail, content, targets, **kwargs)
+    with pytest.raises(TypeError, match="pool_to"):
+        clip_image_tail(rn50.visual, pool_to=True)
+    with pytest.raises(ValueError, match="pool_to"):
+        clip_image_tail(rn50.visual, pool_to=0)
+
+
+def test_mined_std_is_clamped_at_the_end_unless_asked(rn50):
+    """Large steps push some std below 0, also under PODA's clamp (it clamps before each step, so the last step
+    can leave a negative std). By default the returned std is clamped to STD_FLOOR, and nothing else changes."""
+    from styleda_fast.mining import STD_FLOOR
+
+    content, targets = _items(2, size=8, seed=5)
+    tail = clip_image_tail(rn50.visual)
+    for clamp_std in (True, False):  # PODA, FAMix
+        kwargs = dict(steps=1, lr=1000.0, clamp_std=clamp_std)
+        raw = mine_styles(tail, content, targets, final_clamp=False, **kwargs)
+        assert (raw.std < 0).any(), "the test needs styles whose std went negative"
+        clamped = mine_styles(tail, content, targets, **kwargs)
+        assert (clamped.std >= STD_FLOOR).all()
+        assert torch.equal(clamped.std, raw.std.clamp_min(STD_FLOOR))
+        assert torch.equal(clamped.mean, raw.mean)
+
+
+def test_step_progress_counts_every_step(rn50):
+    """One call per SGD step of each batch of ``batch_size`` items: 3 items in batches of 2, one step each."""
+    content, targets = _items(3, size=8, seed=6)
+    calls = []
+    tail = clip_image_tail(rn50.visual)
+    mine_styles(tail, content, targets, steps=1, batch_size=2, step_progress=lambda *a: calls.append(a))
+    assert calls == [(1, 2), (2, 2)]
