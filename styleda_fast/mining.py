@@ -2,7 +2,7 @@
 
 For each item (a source image's or a patch's ``layer1`` features), trainable statistics ``mean_s, std_s (C,)``
 start at the item's own statistics and are optimized for ``steps`` SGD steps so that the CLIP image embedding of
-``relu(std_s * xn + mean_s)`` (``xn`` the normalized content) moves toward the item's text target (SPEC 5).
+``relu(std_s * xn + mean_s)`` (``xn`` the normalized content) moves toward the item's text target.
 
 Batching does not change any item's result: items are independent (the CLIP tail runs in eval mode, and SGD with
 momentum and weight decay acts elementwise), so mining many public batches at once only needs each item's loss
@@ -26,7 +26,7 @@ from styleda_fast._checks import check_features, check_int
 
 STD_FLOOR = 1e-5**0.5
 """Smallest std a mined style keeps (``final_clamp``): ``sqrt(eps)`` with the ``eps = 1e-5`` that instance
-statistics add to the variance (SPEC 1), i.e. the smallest std a real feature's statistics can have."""
+statistics add to the variance, i.e. the smallest std a real feature's statistics can have."""
 
 
 def _adaptive_pool_matrix(size_in: int, size_out: int, device, dtype) -> Tensor:
@@ -201,7 +201,7 @@ def mine_styles(
     progress: Callable[[int], None] | None = None,
     step_progress: Callable[[int, int], None] | None = None,
 ) -> MiningResult:
-    """Optimize a style (mean, std per channel) for each content item toward its text target (SPEC 5).
+    """Optimize a style (mean, std per channel) for each content item toward its text target.
 
     Args:
         tail: ``layer1`` features -> embeddings ``(N, D)``, e.g. :func:`clip_image_tail`. Put in eval mode here.
@@ -322,7 +322,7 @@ def _optimize_item_batch(
     style_std = std0.flatten(1).float().clone().requires_grad_()
     optimizer = torch.optim.SGD([style_mean, style_std], lr=lr, momentum=momentum, weight_decay=weight_decay)
     if feature_noise:
-        normalized = ((content - mean0) / std0).float()  # xn, computed once (SPEC 5)
+        normalized = ((content - mean0) / std0).float()  # xn, computed once
         base = torch.randint(0, 2**62, ()).item() if seed is None else seed
         item_seeds = [derived_seed(base, first_item + i) for i in range(content.shape[0])]
     device_type = content.device.type
@@ -401,7 +401,7 @@ def select_patches(
     features: Tensor, labels: Tensor, *, grid: int | tuple[int, int] = 3, num_classes: int = 19,
     ignore_index: int = 255,
 ) -> PatchSelection:  # fmt: skip
-    """The patches FAMix mines in one batch: the first patch of each distinct dominant class (SPEC 5).
+    """The patches FAMix mines in one batch: the first patch of each distinct dominant class.
 
     Args:
         features: ``(B, C, H, W)`` layer1 features of the batch's images.

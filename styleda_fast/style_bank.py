@@ -1,7 +1,7 @@
 """A device-resident bank of mined styles (per-class feature statistics), sampled without Python loops.
 
 FAMix keeps its styles as Python lists per class and draws with ``random.choice`` per patch; PODA keeps one pickle
-per source image (SPEC 6). :class:`StyleBank` holds all styles in three tensors on one device and draws a whole
+per source image. :class:`StyleBank` holds all styles in three tensors on one device and draws a whole
 batch of (image, patch) styles with a few tensor operations, reproducibly from a ``torch.Generator``. It saves to
 safetensors with JSON metadata and a checksum, and reads the public pickle formats without running code from them
 and with bounded memory (see :mod:`styleda_fast._safe_load`).
@@ -489,7 +489,7 @@ class StyleBank:
             raise ValueError(f"{where} holds inconsistent style tensors: {exc}") from None
         return bank
 
-    # ------------------------------------------------------------------ the public pickle formats (SPEC 6)
+    # ------------------------------------------------------------------ the public pickle formats
 
     @classmethod
     def from_poda_dir(
