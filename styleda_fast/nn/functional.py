@@ -111,14 +111,17 @@ class _MixStyleFunction(torch.autograd.Function):
         mean, std = patch_mean_std(x, 1, eps)  # (B, C, 1, 1), never differentiated (MixStyle detaches them)
         mean, std = mean.to(acc), std.to(acc)
         w = lam.to(acc)[:, None, None, None]
-        target_std = w * std + (1 - w) * std[perm]
-        target_mean = w * mean + (1 - w) * mean[perm]
+        # index_select, not mean[perm]: on CPU, advanced indexing right after the kernel's OpenMP region costs
+        # milliseconds (measured: 7 ms vs 12 us for (16, 256) statistics)
+        partner_mean, partner_std = mean.index_select(0, perm), std.index_select(0, perm)
+        target_std = w * std + (1 - w) * partner_std
+        target_mean = w * mean + (1 - w) * partner_mean
         scale = target_std / std
         if torch.compiler.is_compiling():
             # one fused elementwise kernel; with identity draws (lam = 1) scale = 1 and shift = 0 exactly
             y = x * scale.to(x.dtype) + (target_mean - mean * scale).to(x.dtype)
         else:
-            y = local_style_mix(x, mean[perm], std[perm], grid=1, mix=w, activation=None, eps=eps)
+            y = local_style_mix(x, partner_mean, partner_std, grid=1, mix=w, activation=None, eps=eps)
         ctx.save_for_backward(scale)
         return y
 
@@ -172,7 +175,7 @@ def permuted_adain(x: Tensor, perm: Tensor, eps: float = 1e-5, *, eps_after_sqrt
     with torch.no_grad():
         mean, std = patch_mean_std(x.detach(), 1, eps)
     acc = _acc(x.dtype)
-    target_mean, target_std = mean.to(acc)[perm], std.to(acc)[perm]
+    target_mean, target_std = mean.to(acc).index_select(0, perm), std.to(acc).index_select(0, perm)
     if eps_after_sqrt:
         # (x - mu)/(sig + eps) * t = (x - mu)/sig * (t * sig/(sig + eps)); sig differentiable here as well
         own_std = patch_mean_std(x, 1, eps)[1].to(acc)
