@@ -1,7 +1,6 @@
 """torch.compile(fullgraph=True) of a model with every augmentation layer inserted: no graph break, no recompilation
 when the coins change, and the same draws, outputs and gradients as the eager model from the same seeds."""
 
-import pytest
 import torch
 from torch import nn
 
@@ -39,7 +38,6 @@ def steps(model, famix, x, labels, indices, first_conv=None):
     return out
 
 
-@pytest.mark.slow
 def test_compiled_model_matches_eager_without_graph_breaks():
     torch._dynamo.reset()
     x = torch.randn(4, 3, 13, 11) + 1
