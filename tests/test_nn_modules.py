@@ -118,9 +118,13 @@ def test_style_bank_poda_global_draws(grid):
 
 
 @pytest.mark.parametrize("via", ["set_labels", "argument"])
-def test_style_bank_famix_class_aware_draws(via):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_style_bank_famix_class_aware_draws(via, channels_last):
     bank = make_bank()
     x = features((3, 6, 11, 13), torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     labels = torch.randint(0, 3, (3, 44, 52), generator=torch.Generator().manual_seed(0))
     labels[0, :20] = 255  # a mostly unlabelled patch takes the fallback styles
     layer = StyleBankAugment.famix(bank, generator=torch.Generator().manual_seed(8))
@@ -133,7 +137,12 @@ def test_style_bank_famix_class_aware_draws(via):
     dominant = patch_dominant_class(labels, 3, num_classes=3, ignore_index=255)
     mean, std = bank.sample_grid(dominant, generator=g)
     s = F.beta_weights(0.1, 0.1, (3, 6), g)
-    torch.testing.assert_close(y, R.patch_transfer(x, mean, std, (3, 3), s, "relu"), rtol=1e-10, atol=1e-10)
+    ref = R.patch_transfer(x, mean, std, (3, 3), s, "relu")
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    grad_out = torch.randn_like(y)
+    (grad,) = torch.autograd.grad(y, x, grad_out)
+    (grad_ref,) = torch.autograd.grad(ref, x, grad_out)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(y, local_style_mix(x, mean, std, grid=3, mix=s))
 
 
