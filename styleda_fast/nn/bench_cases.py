@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from styleda_fast import StyleBank
+from styleda_fast import StyleBank, local_style_mix
 from styleda_fast.nn import functional as F
 from styleda_fast.nn import reference as R
 
@@ -45,8 +45,6 @@ def _layer_functions(shape, device, generator) -> dict[str, dict[str, Callable[[
     )
     uniform = torch.rand((B, C), generator=generator).to(device)
     beta = F.beta_weights(0.1, 0.1, (B, C), generator).to(device)
-    from styleda_fast import local_style_mix
-
     return {
         "mixstyle": {
             "ours": lambda x: F.mix_style(x, perm, lam, 1e-6),
