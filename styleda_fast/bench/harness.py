@@ -143,10 +143,12 @@ def time_calls(fn: Callable[[], object], device: torch.device, budget_s: float, 
     return Timing(samples, first_ms or samples[0])
 
 
-def measure(fn: Callable[[], object], device: torch.device, budget_s: float) -> Timing:
-    """:func:`time_calls`, rerun once (without a new warm-up) when noisy; a timing still noisy is flagged."""
+def measure(fn: Callable[[], object], device: torch.device, budget_s: float, rerun_limit_s: float = 10.0) -> Timing:
+    """:func:`time_calls`, rerun once (without a new warm-up) when noisy; a timing still noisy is flagged. A timing
+    whose calls took over ``rerun_limit_s`` in all is flagged without a rerun (it would cost as much again)."""
     timing = time_calls(fn, device, budget_s)
-    if noise_reason(timing) is None:
+    timing.noise = noise_reason(timing)
+    if timing.noise is None or sum(timing.samples) > rerun_limit_s * 1e3:
         return timing
     again = time_calls(fn, device, budget_s, warm_up=False)
     best = again if noise_reason(again) is None or again.spread <= timing.spread else timing
@@ -286,9 +288,9 @@ def footnotes(rows: list[dict]) -> str:
     noisy = [r for r in rows if r["noisy"]]
     if noisy:
         notes.append(
-            f"~ rough figure ({len(noisy)} of {len(rows)}): rerun once and still noisy, either a spread above"
-            f" {NOISE_LIMIT:.0%} of the median or a median on a {QUANTUM_MS:g} ms scheduler tick (the machine was"
-            " busy): compare such rows with care, or rerun on a quiet machine."
+            f"~ rough figure ({len(noisy)} of {len(rows)}): noisy after one rerun (slow providers: without a rerun),"
+            f" either a spread above {NOISE_LIMIT:.0%} of the median or a median on a {QUANTUM_MS:g} ms scheduler"
+            " tick (the machine was busy): compare such rows with care, or rerun on a quiet machine."
         )
     return "\n".join(notes)
 
@@ -305,6 +307,7 @@ def machine_info(device: torch.device) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     try:
         import triton
@@ -439,9 +442,15 @@ def run(
         + ("" if compile_baseline else "; compile skipped (--no-compile)")
         + (".  --quick: small shapes, a smoke test, not a measurement" if quick else "")
     )
+    if info.get("load_1min") is not None and info["load_1min"] > 0.5 * (info["cores"] or 1):
+        log(
+            f"note: this machine is busy (load {info['load_1min']:.1f} on {info['cores']} cores): timings will be"
+            " inflated and noisy; for figures to publish, rerun on a quiet machine"
+        )
     if compile_baseline:
         importlib.import_module("torch.utils.cpp_extension")  # torch.compile's import: its warnings here, not mid-line
     rows: list[dict] = []
+    info["family_wall_s"] = {}
     for name, module_path in registry.items():
         if families and name not in families:
             continue
@@ -462,6 +471,8 @@ def run(
             log(f"  [{k}/{len(cases)}] {case.name} {case.shape}:", end="", flush=True)
             rows += run_case(case, dev, budget_s, log=log)
         del cases, module
+        info["family_wall_s"][name] = round(time.perf_counter() - t0, 1)
+        log(f"{name}: done in {info['family_wall_s'][name]:.0f} s")
     wall = time.perf_counter() - started
     log(format_table(rows))
     log("")
