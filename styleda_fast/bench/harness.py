@@ -104,18 +104,20 @@ def _sync(device: torch.device) -> None:
 def looks_quantized(samples: list[float]) -> bool:
     """Times that sit on scheduler ticks (e.g. 8.00, 16.00, 15.99 ms): a busy machine descheduled a thread of the
     call, which then waited for the next tick, so the figure measures the tick, not the code. True when the median
-    and at least half of the calls lie within 0.1 ms of a multiple of 4 ms."""
+    and at least half of the calls lie within 0.15 ms of a multiple of 4 ms."""
 
     def on_tick(ms: float) -> bool:
-        return ms > QUANTUM_MS - 0.1 and abs(ms - QUANTUM_MS * round(ms / QUANTUM_MS)) < 0.1
+        return ms > QUANTUM_MS - 0.15 and abs(ms - QUANTUM_MS * round(ms / QUANTUM_MS)) <= 0.15
 
     return on_tick(statistics.median(samples)) and 2 * sum(map(on_tick, samples)) >= len(samples)
 
 
 def noise_reason(t: Timing) -> str | None:
+    """``"quantum"``, ``"spread"`` (interquartile range above 20% of the median, or the fastest call under a third
+    of the median: some calls were slowed down by something else) or None."""
     if looks_quantized(t.samples):
         return "quantum"
-    if t.spread > NOISE_LIMIT:
+    if t.spread > NOISE_LIMIT or min(t.samples) < t.median / 3:
         return "spread"
     return None
 
@@ -226,6 +228,7 @@ def case_rows(case: Case, timings: dict[str, Timing]) -> list[dict]:
             "q3_ms": q3,
             "spread": t.spread,
             "calls": len(t.samples),
+            "samples_ms": [round(v, 4) for v in t.samples],
             "first_call_ms": t.first_ms,
             "reruns": t.reruns,
             "noisy": t.noise,
