@@ -11,7 +11,9 @@ from styleda_fast.bench.harness import Case, Timing, case_rows, format_table, lo
 def test_scheduler_ticks_are_flagged():
     assert looks_quantized([16.0, 15.99, 16.01, 16.0, 17.3])
     assert looks_quantized([8.0, 8.0, 7.98])
+    assert looks_quantized([31.99, 28.03, 26.92, 37.04, 28.02, 31.55, 32.40])  # a different tick per call
     assert not looks_quantized([15.7, 16.3, 15.2, 16.8, 16.4])
+    assert not looks_quantized([16.0, 17.3, 17.1, 16.9, 17.4])  # one call on a tick: chance
     assert not looks_quantized([0.012, 0.013, 0.012])
     assert noise_reason(Timing([10.0, 10.2, 10.1, 10.3, 10.1], 12.0)) is None
     assert noise_reason(Timing([10.0, 14.0, 10.1, 19.0, 10.1], 12.0)) == "spread"
@@ -23,7 +25,7 @@ def test_noisy_provider_is_rerun_once_then_flagged():
 
     def fn():
         calls.append(1)
-        harness.time.sleep(0.002 if len(calls) % 2 else 0.02)  # alternating: spread far above 20%
+        harness.time.sleep(0.001 if len(calls) % 2 else 0.006)  # alternating: spread far above 20%
 
     t = measure(fn, torch.device("cpu"), budget_s=0.0)
     assert t.reruns == 1 and t.noise == "spread"
