@@ -1,7 +1,8 @@
 """pytest-benchmark runs: `python -m pytest benchmarks --benchmark-only` (CPU, or CUDA when present).
 
-The cases and their baselines come from styleda_fast.bench, which imports the plain-PyTorch references that the
-tests also use, so benchmarks and tests never measure different things. STYLEDA_BENCH_QUICK=1: small shapes.
+The cases and their baselines come from the family modules of styleda_fast.bench (the ones `styleda-fast bench`
+runs), which check at setup that every baseline computes ours' numbers. STYLEDA_BENCH_QUICK=1: small shapes;
+STYLEDA_BENCH_FULL=1: also the slow general references (`styleda-fast bench --full`).
 """
 
 import os
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 QUICK = os.environ.get("STYLEDA_BENCH_QUICK") == "1"
+FULL = os.environ.get("STYLEDA_BENCH_FULL") == "1"
 
 
 def bench_device() -> torch.device:
@@ -24,8 +26,10 @@ class CaseTable:
 
     def __getitem__(self, name):
         if not self.cases:
-            for case in self.make_cases(bench_device(), quick=QUICK, compile_baseline=True):
+            for case in self.make_cases(bench_device(), quick=QUICK, full=FULL, compile_baseline=True):
                 self.cases[case.name] = case
+        if name not in self.cases:
+            pytest.skip(f"{name} is timed only with STYLEDA_BENCH_FULL=1 (styleda-fast bench --full)")
         return self.cases[name]
 
 

@@ -13,12 +13,17 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Run 'styleda-fast COMMAND --help' for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="time the fused operations against copy, eager and torch.compile")
+    bench = sub.add_parser(
+        "bench", help="time the fused operations against the public code, torch.compile and a copy of the input"
+    )
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     bench.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
     bench.add_argument("--quick", action="store_true", help="small shapes (a smoke test, not a measurement)")
+    bench.add_argument("--full", action="store_true", help="also the slow general references and larger sizes")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    bench.add_argument("--family", action="append", help="only these operation families (repeatable)")
+    bench.add_argument(
+        "--family", action="append", help="only these families (repeatable): style_mix, famix_step, class_stats, ..."
+    )
     sub.add_parser("backends", help="which backends run on this machine")
     from styleda_fast.mine_command import add_arguments
 
@@ -27,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from styleda_fast.bench import run
 
-        run(args.device, args.out, args.quick, not args.no_compile, args.family)
+        run(args.device, args.out, args.quick, not args.no_compile, args.family, full=args.full)
     elif args.command == "mine":
         from styleda_fast.mine_command import MineError, run
 

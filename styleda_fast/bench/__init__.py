@@ -1,0 +1,37 @@
+"""``styleda-fast bench``: times each operation against what a user would otherwise run (the public PODA/FAMix
+code, ``torch.compile`` of the fastest plain PyTorch, a copy of the input), prints a table, writes JSON and a plot.
+
+Families are registered here and nowhere else: a name and the module that builds its cases with
+``cases(device, quick, full, compile_baseline) -> list[Case]`` (see :mod:`styleda_fast.bench.harness`). Modules
+are imported only when their family runs; one whose optional dependency is missing is skipped with a message.
+"""
+
+from __future__ import annotations
+
+from styleda_fast.bench import harness
+from styleda_fast.bench.harness import Case
+
+__all__ = ["FAMILIES", "Case", "run"]
+
+FAMILIES: dict[str, str] = {
+    "style_mix": "styleda_fast.bench.style_mix",
+    "famix_step": "styleda_fast.bench.famix_step",
+    "class_stats": "styleda_fast.bench.class_stats",
+    "text": "styleda_fast.bench.text",
+    "mining": "styleda_fast.bench.mining",
+}
+
+# the extra that installs a missing third-party module, for the skip message
+EXTRAS = {"open_clip": "mining", "triton": "triton"}
+
+
+def run(
+    device: str | None = None,
+    out_dir: str = "bench-out",
+    quick: bool = False,
+    compile_baseline: bool = True,
+    families: list[str] | None = None,
+    full: bool = False,
+) -> list[dict]:
+    """Run the registered families (all, or those named in ``families``); returns the table rows."""
+    return harness.run(FAMILIES, device, out_dir, quick, compile_baseline, families, full, extras=EXTRAS)
