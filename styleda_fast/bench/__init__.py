@@ -19,6 +19,7 @@ FAMILIES: dict[str, str] = {
     "class_stats": "styleda_fast.bench.class_stats",
     "text": "styleda_fast.bench.text",
     "mining": "styleda_fast.bench.mining",
+    "nn": "styleda_fast.bench.nn",
 }
 
 # the extra that installs a missing third-party module, for the skip message
