@@ -24,18 +24,14 @@ from styleda_fast.bench.harness import Case
 from styleda_fast.class_stats import class_mean_std, patch_dominant_class, reference
 from styleda_fast.reference_public import dominant_classes_public
 from styleda_fast.style_bank import StyleBank
+from styleda_fast.testing import random_labels
 
 
 def coherent_labels(
     shape: tuple[int, int, int], num_classes: int = 19, block: int = 32, seed: int = 0, ignore_frac: float = 0.1
 ) -> torch.Tensor:
     """``(B, H, W)`` int64 train ids in blocks of ``block x block`` pixels, a fraction of them 255 (ignore)."""
-    gen = torch.Generator().manual_seed(seed)
-    B, H, W = shape
-    h, w = -(-H // block), -(-W // block)
-    low = torch.randint(0, num_classes, (B, h, w), generator=gen)
-    low = torch.where(torch.rand(B, h, w, generator=gen) < ignore_frac, torch.full_like(low, 255), low)
-    return low.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :H, :W].contiguous()
+    return random_labels(shape, num_classes, 255, ignore_frac, block, seed)
 
 
 def class_mean_std_onehot(x: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = 255, eps=1e-5):
