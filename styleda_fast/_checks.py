@@ -18,18 +18,21 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def check_features(x, name: str = "x") -> None:
-    """``x`` must be a 4-D ``(B, C, H, W)`` float16/bfloat16/float32/float64 tensor."""
+def check_features(x, name: str = "x", *, nonempty: bool = False) -> None:
+    """``x`` must be a 4-D ``(B, C, H, W)`` float16/bfloat16/float32/float64 tensor (``nonempty``: with ``B >= 1``
+    and at least one pixel)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"{name} must have shape (B, C, H, W), got {x.dim()} dims (shape {tuple(x.shape)})")
     if x.dtype not in FEATURE_DTYPES:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if nonempty and (x.shape[0] == 0 or x.shape[2] * x.shape[3] == 0):
+        raise ValueError(f"{name} must have at least one image and one pixel, got shape {tuple(x.shape)}")
 
 
-def normalize_grid(grid, height: int, width: int) -> tuple[int, int]:
-    """``grid`` as ``(gh, gw)``: an int ``g`` means ``(g, g)``. Each must be in ``[1, H]`` resp. ``[1, W]``."""
+def check_grid(grid) -> tuple[int, int]:
+    """``grid`` as ``(gh, gw)``, each an int ``>= 1``: an int ``g`` means ``(g, g)``."""
     if isinstance(grid, int) and not isinstance(grid, bool):
         grid = (grid, grid)
     if (
@@ -38,8 +41,15 @@ def normalize_grid(grid, height: int, width: int) -> tuple[int, int]:
         or not all(isinstance(g, int) and not isinstance(g, bool) for g in grid)
     ):
         raise TypeError(f"grid must be an int or a pair of ints (gh, gw), got {grid!r}")
-    gh, gw = grid
-    if not (1 <= gh <= height and 1 <= gw <= width):
+    if min(grid) < 1:
+        raise ValueError(f"grid must be at least 1 in each direction, got {tuple(grid)}")
+    return tuple(grid)
+
+
+def normalize_grid(grid, height: int, width: int) -> tuple[int, int]:
+    """``grid`` as ``(gh, gw)`` (see :func:`check_grid`), each at most the size: ``gh <= H``, ``gw <= W``."""
+    gh, gw = check_grid(grid)
+    if not (gh <= height and gw <= width):
         raise ValueError(f"grid {(gh, gw)} must be at least 1 and at most the feature size (H, W) = {(height, width)}")
     return gh, gw
 

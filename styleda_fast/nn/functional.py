@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from styleda_fast import local_style_mix, patch_mean_std
+from styleda_fast import _checks, local_style_mix, patch_mean_std
 
 __all__ = [
     "beta_weights",
@@ -25,22 +25,13 @@ __all__ = [
     "permuted_adain",
 ]
 
-_FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
 
 # ---------------------------------------------------------------------------------------------- argument checks
 
 
 def check_features(x, name: str = "x") -> None:
-    """``x`` must be a ``(B, C, H, W)`` float16/bfloat16/float32/float64 tensor with ``B >= 1``."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be (B, C, H, W) features, got {x.dim()} dims (shape {tuple(x.shape)})")
-    if x.dtype not in _FEATURE_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    if x.shape[0] == 0 or x.shape[2] * x.shape[3] == 0:
-        raise ValueError(f"{name} must have at least one image and one pixel, got shape {tuple(x.shape)}")
+    """``x`` must be a ``(B, C, H, W)`` float16/bfloat16/float32/float64 tensor with ``B >= 1`` and a pixel."""
+    _checks.check_features(x, name, nonempty=True)
 
 
 def check_eps(eps) -> float:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from styleda_fast import StyleBank, local_style_mix, patch_dominant_class
+from styleda_fast._checks import check_grid
 from styleda_fast.nn import functional as F
 
 __all__ = ["DistributionUncertainty", "MixStyle", "PermutedAdaIN", "StyleAugmentation", "StyleBankAugment"]
@@ -355,7 +356,7 @@ class StyleBankAugment(StyleAugmentation):
         if self.generator is not None and self.generator.device.type != bank.device.type:
             raise ValueError(f"generator must be on the bank's device {bank.device}, got {self.generator.device}")
         self.bank = bank
-        self.grid = _check_grid(grid)
+        self.grid = check_grid(grid)
         if isinstance(mix, torch.distributions.Beta):
             c1, c0 = mix.concentration1, mix.concentration0
             if c1.numel() != 1 or c0.numel() != 1:
@@ -455,20 +456,6 @@ class StyleBankAugment(StyleAugmentation):
         mean, std = draws[0].to(x.device), draws[1].to(x.device)
         s = draws[2].to(x.device) if len(draws) > 2 else None
         return local_style_mix(x, mean, std, grid=self.grid, mix=s, activation=self.activation, eps=self.eps)
-
-
-def _check_grid(grid) -> tuple[int, int]:
-    if isinstance(grid, int) and not isinstance(grid, bool):
-        grid = (grid, grid)
-    if (
-        not isinstance(grid, (tuple, list))
-        or len(grid) != 2
-        or not all(isinstance(g, int) and not isinstance(g, bool) for g in grid)
-    ):
-        raise TypeError(f"grid must be an int or a pair of ints (gh, gw), got {grid!r}")
-    if min(grid) < 1:
-        raise ValueError(f"grid must be at least 1 in each direction, got {tuple(grid)}")
-    return tuple(grid)
 
 
 def _check_labels(labels) -> None:
