@@ -137,9 +137,13 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
     return (a - e)[finite].abs().max().item() / scale
 
 
-def assert_close(actual: Tensor, expected: Tensor, rtol: float | None = None, what: str = "output") -> None:
-    """``|actual - expected| <= rtol * max|expected|`` elementwise, NaN exactly where expected is NaN, infinities
-    equal. ``rtol`` defaults to :data:`TOLERANCE` of actual's dtype. On failure, says how many elements differ,
+def assert_close(
+    actual: Tensor, expected: Tensor, rtol: float | None = None, what: str = "output", scale: float = 0.0
+) -> None:
+    """``|actual - expected| <= rtol * max(max|expected|, scale)`` elementwise, NaN exactly where expected is NaN,
+    infinities equal. ``rtol`` defaults to :data:`TOLERANCE` of actual's dtype. ``scale``: the size of the terms
+    that cancel to give ``expected`` when it is much smaller than they are (e.g. the gradient of a normalization
+    over two pixels, which is 0 up to eps): rounding is relative to them. On failure, says how many elements differ,
     the first and the worst one and where, and whether NaN/inf appeared."""
     if rtol is None:
         rtol = TOLERANCE[actual.dtype]
@@ -147,7 +151,7 @@ def assert_close(actual: Tensor, expected: Tensor, rtol: float | None = None, wh
     a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
     nan_ok = torch.isnan(a) == torch.isnan(e)
     finite = torch.isfinite(e)
-    scale = e[finite].abs().max().item() if finite.any() else 1.0
+    scale = max(e[finite].abs().max().item() if finite.any() else 1.0, scale)
     err = torch.where(finite, (a - e).abs(), torch.zeros_like(a))
     bad = (err > rtol * max(scale, 1e-30)) | ~nan_ok | (torch.isinf(e) & (a != e))
     if bad.any():

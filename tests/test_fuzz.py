@@ -92,9 +92,13 @@ def _run_case(seed: int, backend: str) -> None:
     weight = torch.randn(x.shape, generator=gen, dtype=torch.float64)
     (y.double() * weight.to(device)).sum().backward()
     (expected * weight).sum().backward()
+    # grad x cancels to ~eps/var on tiny patches (a normalization over n pixels has n-1 degrees of freedom):
+    # rounding is relative to the terms that cancel, |grad_out| * target std / own std
+    term = weight.abs().max().item() * ss64.max().item() / ref_std.min().item()
     names = ("x", "style_mean", "style_std")
     for name, got, ref in zip(names, leaves, ref_leaves):
-        assert_close(got.grad, ref.grad, GRAD_TOLERANCE[dtype] * 10, f"grad {name}, {what}")
+        scale = term if name == "x" else 0.0
+        assert_close(got.grad, ref.grad, GRAD_TOLERANCE[dtype] * 10, f"grad {name}, {what}", scale)
     if mix is not None:
         assert_close(mix.grad, ref_mix.grad, GRAD_TOLERANCE[dtype] * 10, f"grad mix, {what}")
 
