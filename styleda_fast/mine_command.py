@@ -1096,7 +1096,7 @@ def _write_bank(out: Path, results: list[dict], args):
     else:
         prompts = {name: f"<one of {len(FAMIX_STYLES)} FAMix styles> {name}" for name in CITYSCAPES_CLASSES}
         bank = StyleBank(mean.shape[1], prompts={**prompts, str(FALLBACK): "photo"}, **about)
-    bank.add(mean, std, class_ids)
+    bank.add(mean, std, class_ids, allow_negative_std=args.keep_negative_std)
     tmp = out.with_name(out.name + ".tmp")
     try:
         bank.save(tmp)

@@ -232,12 +232,21 @@ class StyleBank:
             raise ValueError(f"class_ids must be {n} integers (one per style), got shape {tuple(class_ids.shape)}")
         return class_ids.to(self.device, torch.int64)
 
-    def add(self, mean: Tensor, std: Tensor, class_ids: Tensor | Sequence[int] | int) -> None:
+    def add(
+        self,
+        mean: Tensor,
+        std: Tensor,
+        class_ids: Tensor | Sequence[int] | int,
+        *,
+        allow_negative_std: bool = False,
+    ) -> None:
         """Append ``N`` styles: ``mean``, ``std`` of shape ``(N, C)`` (or ``(N, C, 1, 1)``), ``class_ids (N,)``
         (or one int for all). They are stored in float32 on the bank's device.
 
         Values must be finite (after the conversion to float32) and ``std >= 0``; anything else raises
         ``ValueError`` naming the argument (the loaders clamp negative std from files, see ``clamp_negative_std``).
+        ``allow_negative_std=True`` keeps negative stds, as the public mining code leaves them (a negative target
+        std flips the sign of the transferred feature): an explicit choice, e.g. ``mine --keep-negative-std``.
         """
         tensors = []
         for name, t in (("mean", mean), ("std", std)):
@@ -256,7 +265,7 @@ class StyleBank:
         mean, std = tensors
         if mean.shape != std.shape:
             raise ValueError(f"mean {tuple(mean.shape)} and std {tuple(std.shape)} must have the same shape")
-        negative = int((std < 0).sum())
+        negative = 0 if _check_flag(allow_negative_std, "allow_negative_std") else int((std < 0).sum())
         if negative:
             raise ValueError(
                 f"std must be >= 0: {negative} of {std.numel()} values are negative (min {float(std.min()):.4g})"
@@ -403,6 +412,7 @@ class StyleBank:
         verify: bool = True,
         max_bytes: int = DEFAULT_MAX_BYTES,
         clamp_negative_std: float | None = 0.0,
+        allow_negative_std: bool = False,
     ) -> StyleBank:
         """Read a bank written by :meth:`save`, onto ``map_location`` (default CPU).
 
@@ -415,6 +425,7 @@ class StyleBank:
             clamp_negative_std: negative std values (which :meth:`add` refuses; possible in files from other
                 writers or older versions) are set to this value, 0.0 by default, with a :class:`StyleFileWarning`
                 giving their count; ``None`` refuses such files.
+            allow_negative_std: keep negative std values as they are (a bank mined with ``--keep-negative-std``).
 
         A file that is not a valid bank (truncated, another format, failed checksum, inconsistent tensors or
         metadata) raises ``ValueError`` naming the path; a missing file ``FileNotFoundError``.
@@ -480,11 +491,12 @@ class StyleBank:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{where} has invalid StyleBank metadata: {short(str(exc), 200)}") from None
+        allow_negative_std = _check_flag(allow_negative_std, "allow_negative_std")
         std = tensors["std"]
-        if std.is_floating_point():
+        if std.is_floating_point() and not allow_negative_std:
             std = _negative_std(std, clamp, where)
         try:
-            bank.add(tensors["mean"], std, tensors["class_ids"])
+            bank.add(tensors["mean"], std, tensors["class_ids"], allow_negative_std=allow_negative_std)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where} holds inconsistent style tensors: {exc}") from None
         return bank
