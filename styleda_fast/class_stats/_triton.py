@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from styleda_fast._checks import acc_dtype
-from styleda_fast._triton_utils import tl_acc_dtype
+from styleda_fast._triton_utils import LaunchPlan, launch, nbytes, tl_acc_dtype
 
 
 @triton.jit
@@ -91,11 +91,16 @@ def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 2))
 
 
-def patch_dominant_class(
-    labels: torch.Tensor, grid_h: int, grid_w: int, num_classes: int, ignore_index: int, count_ignore: bool
-) -> torch.Tensor:
-    """Launcher: ``labels (B, H, W)`` integer -> ``(B, gh, gw)`` int64 (see the operator's schema comment)."""
-    labels = labels.contiguous()
+def plan_patch_dominant_class(
+    labels: torch.Tensor,
+    out: torch.Tensor,
+    grid_h: int,
+    grid_w: int,
+    num_classes: int,
+    ignore_index: int,
+    count_ignore: bool,
+) -> list[LaunchPlan]:
+    """The histogram and vote launches writing ``out (B, gh, gw)`` from contiguous ``labels (B, H, W)``."""
     B, H, W = labels.shape
     KP = _pow2(num_classes + 1)
     BLOCK = max(64, min(1024, 16384 // KP))
@@ -104,13 +109,34 @@ def patch_dominant_class(
     n_chunks = triton.cdiv(max_pixels, chunk)
     patches = B * grid_h * grid_w
     hist = torch.empty((patches, n_chunks, KP), dtype=torch.int32, device=labels.device)
-    out = torch.empty((B, grid_h, grid_w), dtype=torch.int64, device=labels.device)
-    if patches == 0:
-        return out
-    _patch_histogram_kernel[(patches, n_chunks)](
-        labels, hist, H, W, grid_h, grid_w, num_classes, ignore_index, chunk, n_chunks, KP=KP, BLOCK=BLOCK
+    histogram = LaunchPlan(
+        _patch_histogram_kernel,
+        (patches, n_chunks),
+        (labels, hist, H, W, grid_h, grid_w, num_classes, ignore_index, chunk, n_chunks),
+        dict(KP=KP, BLOCK=BLOCK),
+        4,
+        bytes_moved=nbytes(labels, hist),
+        bytes_per_step=BLOCK * labels.element_size(),
     )
-    _vote_kernel[(patches,)](hist, out, num_classes, ignore_index, n_chunks, COUNT_IGNORE=bool(count_ignore), KP=KP)
+    vote = LaunchPlan(
+        _vote_kernel,
+        (patches,),
+        (hist, out, num_classes, ignore_index, n_chunks),
+        dict(COUNT_IGNORE=bool(count_ignore), KP=KP),
+        4,
+        bytes_moved=nbytes(hist, out),
+        bytes_per_step=KP * 4,
+    )
+    return [histogram, vote]
+
+
+def patch_dominant_class(
+    labels: torch.Tensor, grid_h: int, grid_w: int, num_classes: int, ignore_index: int, count_ignore: bool
+) -> torch.Tensor:
+    """Launcher: ``labels (B, H, W)`` integer -> ``(B, gh, gw)`` int64 (see the operator's schema comment)."""
+    labels = labels.contiguous()
+    out = torch.empty((labels.shape[0], grid_h, grid_w), dtype=torch.int64, device=labels.device)
+    launch(plan_patch_dominant_class(labels, out, grid_h, grid_w, num_classes, ignore_index, count_ignore))
     return out
 
 
@@ -170,6 +196,23 @@ def _class_mean_std_kernel(
     tl.store(count_ptr + b * K + slots, counts.to(tl.int64), mask=keep & (c == 0))
 
 
+def plan_class_mean_std(x, labels, mean, std, count, num_classes: int, eps: float) -> list[LaunchPlan]:
+    """The launch writing ``mean``, ``std`` ``(B, K, C)`` and ``count`` ``(B, K)`` (zeroed by the caller)."""
+    B, C, H, W = x.shape
+    KP = _pow2(num_classes)
+    BLOCK = max(16, min(1024, 8192 // KP))
+    plan = LaunchPlan(
+        _class_mean_std_kernel,
+        (B * C,),
+        (x, labels, mean, std, count, C, H * W, num_classes, float(eps)),
+        dict(KP=KP, BLOCK=BLOCK, ACC=tl_acc_dtype(x.dtype)),
+        4,
+        bytes_moved=2 * nbytes(x) + 2 * C * nbytes(labels) + nbytes(mean, std, count),
+        bytes_per_step=BLOCK * (x.element_size() + labels.element_size()),
+    )
+    return [plan]
+
+
 def class_mean_std(
     x: torch.Tensor, labels: torch.Tensor, num_classes: int, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -185,20 +228,5 @@ def class_mean_std(
     count = torch.zeros((B, K), dtype=torch.int64, device=x.device)
     if B * C == 0:
         return mean.zero_(), std.zero_(), count
-    KP = _pow2(K)
-    BLOCK = max(16, min(1024, 8192 // KP))
-    _class_mean_std_kernel[(B * C,)](
-        x,
-        labels,
-        mean,
-        std,
-        count,
-        C,
-        H * W,
-        K,
-        float(eps),
-        KP=KP,
-        BLOCK=BLOCK,
-        ACC=tl_acc_dtype(x.dtype),
-    )
+    launch(plan_class_mean_std(x, labels, mean, std, count, K, eps))
     return mean, std, count

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from styleda_fast._checks import acc_dtype
-from styleda_fast._triton_utils import device_guard, next_pow2, prev_pow2, tl_acc_dtype
+from styleda_fast._triton_utils import LaunchPlan, launch, nbytes, next_pow2, prev_pow2, tl_acc_dtype
 
 # Most elements one program holds in a tile. Read at every launch, so tests can lower it to exercise the tile loops.
 MAX_TILE_ELEMENTS = 4096
@@ -410,8 +410,8 @@ class _TileConfig:
         self.column_multiple = 1 if self.channels_last else math.gcd(column_starts, 16)
         self.channel_blocks = triton.cdiv(channels, self.block_c)
         self.programs = batch * grid_h * grid_w * self.channel_blocks
-        elements = self.block_c * self.block_h * self.block_w
-        self.num_warps = min(8, max(1, elements // 512))
+        self.tile_elements = self.block_c * self.block_h * self.block_w
+        self.num_warps = min(8, max(1, self.tile_elements // 512))
 
     def constexprs(self) -> dict:
         return {
@@ -421,7 +421,6 @@ class _TileConfig:
             "BLOCK_H": self.block_h,
             "BLOCK_W": self.block_w,
             "COLUMN_MULTIPLE": self.column_multiple,
-            "num_warps": self.num_warps,
         }
 
 
@@ -437,74 +436,106 @@ def _new_patch_params(x: torch.Tensor, grid_h: int, grid_w: int) -> tuple[torch.
     return torch.empty(shape, dtype=dtype, device=x.device), torch.empty(shape, dtype=dtype, device=x.device)
 
 
-def _launch_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps) -> None:
+def plan_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps) -> list[LaunchPlan]:
     """Statistics into mean/std and, when target_mean is given, the transferred output into out."""
     config = _TileConfig(x, grid_h, grid_w)
     has_target = target_mean is not None
     eps_hi, eps_lo = _split_float(float(eps))
-    with device_guard(x):
-        _style_mix_forward_kernel[(config.programs,)](
-            x,
-            out if has_target else x,
-            mean,
-            std,
-            target_mean if has_target else mean,
-            target_std if has_target else std,
-            mix if mix is not None else mean,
-            x.shape[1],
-            x.shape[2],
-            x.shape[3],
-            grid_h,
-            grid_w,
-            config.channel_blocks,
-            *x.stride(),
-            eps_hi,
-            eps_lo,
-            ACC=tl_acc_dtype(x.dtype),
-            HAS_TARGET=has_target,
-            HAS_MIX=mix is not None,
-            RELU=bool(relu),
-            **config.constexprs(),
+    x_passes = 1 + (has_target and not config.single_tile)
+    args = (
+        x,
+        out if has_target else x,
+        mean,
+        std,
+        target_mean if has_target else mean,
+        target_std if has_target else std,
+        mix if mix is not None else mean,
+        x.shape[1],
+        x.shape[2],
+        x.shape[3],
+        grid_h,
+        grid_w,
+        config.channel_blocks,
+        *x.stride(),
+        eps_hi,
+        eps_lo,
+    )
+    constexprs = dict(
+        ACC=tl_acc_dtype(x.dtype),
+        HAS_TARGET=has_target,
+        HAS_MIX=mix is not None,
+        RELU=bool(relu),
+        **config.constexprs(),
+    )
+    return [
+        LaunchPlan(
+            _style_mix_forward_kernel,
+            (config.programs,),
+            args,
+            constexprs,
+            config.num_warps,
+            bytes_moved=x_passes * nbytes(x)
+            + (nbytes(x) if has_target else 0)
+            + nbytes(mean, std, target_mean, target_std, mix),
+            bytes_per_step=config.tile_elements * x.element_size(),
         )
+    ]
 
 
-def _launch_backward(grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mean, grad_std, relu) -> None:
+def plan_backward(
+    grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mean, grad_std, relu
+) -> list[LaunchPlan]:
     """See _style_mix_backward_kernel; grad_out None selects the patch_mean_std backward, grad_x None skips dx."""
     config = _TileConfig(x, mean.shape[2], mean.shape[3])
     has_grad_out = grad_out is not None
-    with device_guard(x):
-        _style_mix_backward_kernel[(config.programs,)](
-            grad_out if has_grad_out else x,
-            x,
-            grad_x if grad_x is not None else x,
-            mean,
-            std,
-            target_mean if target_mean is not None else mean,
-            target_std if target_std is not None else std,
-            mix if mix is not None else mean,
-            grad_mean,
-            grad_std,
-            x.shape[1],
-            x.shape[2],
-            x.shape[3],
-            mean.shape[2],
-            mean.shape[3],
-            config.channel_blocks,
-            *x.stride(),
-            ACC=tl_acc_dtype(x.dtype),
-            HAS_GRAD_OUT=has_grad_out,
-            HAS_MIX=mix is not None,
-            RELU=bool(relu),
-            COMPUTE_GRAD_X=grad_x is not None,
-            **config.constexprs(),
+    inputs = 1 + has_grad_out  # tensors of x's size read per pass
+    passes = 1 if config.single_tile or not has_grad_out else 1 + (grad_x is not None)
+    args = (
+        grad_out if has_grad_out else x,
+        x,
+        grad_x if grad_x is not None else x,
+        mean,
+        std,
+        target_mean if target_mean is not None else mean,
+        target_std if target_std is not None else std,
+        mix if mix is not None else mean,
+        grad_mean,
+        grad_std,
+        x.shape[1],
+        x.shape[2],
+        x.shape[3],
+        mean.shape[2],
+        mean.shape[3],
+        config.channel_blocks,
+        *x.stride(),
+    )
+    constexprs = dict(
+        ACC=tl_acc_dtype(x.dtype),
+        HAS_GRAD_OUT=has_grad_out,
+        HAS_MIX=mix is not None,
+        RELU=bool(relu),
+        COMPUTE_GRAD_X=grad_x is not None,
+        **config.constexprs(),
+    )
+    return [
+        LaunchPlan(
+            _style_mix_backward_kernel,
+            (config.programs,),
+            args,
+            constexprs,
+            config.num_warps,
+            bytes_moved=passes * inputs * nbytes(x)
+            + nbytes(grad_x, mean, std, target_mean, target_std, mix, grad_mean, grad_std),
+            bytes_per_step=config.tile_elements * x.element_size() * inputs,
         )
+    ]
 
 
 def patch_mean_std(x: torch.Tensor, grid_h: int, grid_w: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-patch mean and std of x ``(B, C, H, W)``: each ``(B, C, grid_h, grid_w)`` in the accumulation dtype."""
     x = _supported_layout(x)
     mean, std = _new_patch_params(x, grid_h, grid_w)
-    _launch_forward(x, None, mean, std, None, None, None, grid_h, grid_w, False, eps)
+    launch(plan_forward(x, None, mean, std, None, None, None, grid_h, grid_w, False, eps))
     return mean, std
 
 
@@ -517,7 +548,7 @@ def patch_mean_std_backward(
     """
     x = _supported_layout(x)
     grad_x = torch.empty_like(x)
-    _launch_backward(None, x, grad_x, mean, std, None, None, None, grad_mean, grad_std, False)
+    launch(plan_backward(None, x, grad_x, mean, std, None, None, None, grad_mean, grad_std, False))
     return grad_x
 
 
@@ -540,7 +571,7 @@ def local_style_mix(
     x = _supported_layout(x)
     out = torch.empty_like(x)
     mean, std = _new_patch_params(x, grid_h, grid_w)
-    _launch_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps)
+    launch(plan_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps))
     return out, mean, std
 
 
@@ -557,7 +588,7 @@ def local_style_mix_into(
 ) -> None:
     """local_style_mix writing into out (x's shape, strides and dtype); out may be x itself (in place)."""
     mean, std = _new_patch_params(x, grid_h, grid_w)
-    _launch_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps)
+    launch(plan_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps))
 
 
 def local_style_mix_backward(
@@ -581,7 +612,9 @@ def local_style_mix_backward(
     grad_out = _like_layout(grad_out, x)
     grad_x = torch.empty_like(x) if compute_grad_x else None
     grad_mixed_mean, grad_mixed_std = torch.empty_like(mean), torch.empty_like(mean)
-    _launch_backward(
-        grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mixed_mean, grad_mixed_std, relu
+    launch(
+        plan_backward(
+            grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mixed_mean, grad_mixed_std, relu
+        )
     )
     return (grad_x if compute_grad_x else x.new_empty(0)), grad_mixed_mean, grad_mixed_std
