@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,8 @@ def rows(tmp_path_factory):
     """The report's rows for every variant and target (one subprocess)."""
     out = tmp_path_factory.mktemp("gpu") / "rows.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    package_root = str(Path(gpu_report.__file__).resolve().parents[1])  # this checkout, not another install
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     args = [sys.executable, "-m", "styleda_fast.gpu_report", "--json", str(out)] + (["--all"] if EVERYTHING else [])
     run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     if not out.exists():
@@ -39,8 +42,13 @@ def rows(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+def _variant_param(v):
+    marks = [pytest.mark.xfail(reason=v.known, strict=True)] if v.known else []
+    return pytest.param(v.name, marks=marks, id=v.name)
+
+
 @pytest.mark.parametrize("gpu", sorted(gpu_report.GPUS))
-@pytest.mark.parametrize("variant", [v.name for v in VARIANTS])
+@pytest.mark.parametrize("variant", [_variant_param(v) for v in VARIANTS])
 def test_kernel_compiles_without_spills_at_occupancy_with_vector_accesses(rows, variant, gpu):
     mine = [r for r in rows if r["gpu"] == gpu and r["variant"].split(" [")[0] == variant]
     assert mine, f"{variant} was not compiled for {gpu}"

@@ -5,7 +5,8 @@ disagreed on): a block of ``BLOCK`` pixels is compared with the ``KP`` class slo
 boolean matrix) and reduced along the pixels. Integer counts and fixed reduction orders make the results
 deterministic.
 
-* ``patch_dominant_class``: each patch is cut into chunks; program ``(patch, chunk)`` writes the chunk's histogram
+* ``patch_dominant_class``: each patch is cut into chunks of rows; program ``(patch, chunk)`` reads its rows in tiles
+  along the contiguous columns (vector loads) and writes the chunk's histogram
   to a scratch buffer, and a second kernel sums the chunks of a patch and votes (most votes, ties to the smallest
   value). The split gives a GPU enough programs for 8 label maps of 768x768 (72 patches).
 * ``class_mean_std``: one program per (image, channel) plane, two passes (class means, then centered squares; the
@@ -16,6 +17,8 @@ API rejects them before launching.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -35,13 +38,17 @@ def _patch_histogram_kernel(
     GW,
     K,
     ignore_index,
-    chunk,
+    chunk_rows,
     n_chunks,
     KP: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    COLUMN_MULTIPLE: tl.constexpr,
 ):
+    """Histogram of the rows ``[chunk * chunk_rows, ...)`` of one patch, in ``[BLOCK_R, BLOCK_W]`` tiles that run
+    along the contiguous columns (COLUMN_MULTIPLE divides every patch's first column and width: vector loads)."""
     pid = tl.program_id(0).to(tl.int64)  # (image, patch)
-    s = tl.program_id(1).to(tl.int64)  # chunk of the patch
+    s = tl.program_id(1)  # chunk of the patch's rows
     b = pid // (GH * GW)
     p = pid % (GH * GW)
     i = p // GW
@@ -49,24 +56,25 @@ def _patch_histogram_kernel(
     r0 = (i * H) // GH
     r1 = ((i + 1) * H) // GH
     c0 = (j * W) // GW
-    c1 = ((j + 1) * W) // GW
-    pw = c1 - c0
-    n_pix = (r1 - r0) * pw
-    start = s * chunk
-    stop = tl.minimum(start + chunk, n_pix)
+    pw = ((j + 1) * W) // GW - c0
+    if COLUMN_MULTIPLE > 1:
+        c0 = tl.multiple_of(c0, COLUMN_MULTIPLE)
+        pw = tl.multiple_of(pw, COLUMN_MULTIPLE)
+    start = r0 + s * chunk_rows
+    stop = tl.minimum(start + chunk_rows, r1)
     slots = tl.arange(0, KP)
     counts = tl.zeros((KP,), dtype=tl.int32)
-    base = labels_ptr + b * H * W
-    for off in range(start, stop, BLOCK):
-        idx = off + tl.arange(0, BLOCK).to(tl.int64)
-        mask = idx < stop
-        r = r0 + idx // pw
-        c = c0 + idx % pw
-        lab = tl.load(base + r * W + c, mask=mask, other=0).to(tl.int64)
-        slot = tl.where(lab == ignore_index, K, tl.where((lab >= 0) & (lab < K), lab, -1))
-        slot = tl.where(mask, slot, -1)
-        eq = slots[:, None] == slot[None, :]
-        counts += tl.sum(eq.to(tl.int32), axis=1)
+    base = labels_ptr + b * H * W + c0
+    for row in range(start, stop, BLOCK_R):
+        for col in range(0, pw, BLOCK_W):
+            r = row + tl.arange(0, BLOCK_R)
+            c = col + tl.arange(0, BLOCK_W)
+            mask = (r < stop)[:, None] & (c < pw)[None, :]
+            lab = tl.load(base + r.to(tl.int64)[:, None] * W + c[None, :], mask=mask, other=0).to(tl.int64)
+            slot = tl.where(lab == ignore_index, K, tl.where((lab >= 0) & (lab < K), lab, -1))
+            slot = tl.where(mask, slot, -1)
+            eq = slots[:, None, None] == slot[None, :, :]
+            counts += tl.sum(tl.sum(eq.to(tl.int32), axis=2), axis=1)
     tl.store(hist_ptr + (pid * n_chunks + s) * KP + slots, counts)
 
 
@@ -103,20 +111,24 @@ def plan_patch_dominant_class(
     """The histogram and vote launches writing ``out (B, gh, gw)`` from contiguous ``labels (B, H, W)``."""
     B, H, W = labels.shape
     KP = _pow2(num_classes + 1)
-    BLOCK = max(64, min(1024, 16384 // KP))
-    max_pixels = -(-H // grid_h) * -(-W // grid_w)
-    chunk = max(BLOCK, triton.cdiv(triton.cdiv(max_pixels, 16), BLOCK) * BLOCK)  # up to 16 chunks per patch
-    n_chunks = triton.cdiv(max_pixels, chunk)
+    block = max(64, min(1024, 8192 // KP))  # pixels per tile: KP x block slot comparisons (56 registers at KP 32)
+    patch_rows, patch_cols = -(-H // grid_h), -(-W // grid_w)
+    block_w = min(triton.next_power_of_2(patch_cols), block)
+    block_r = max(1, block // block_w)
+    chunk_rows = triton.cdiv(triton.cdiv(patch_rows, 16), block_r) * block_r  # up to 16 chunks per patch
+    n_chunks = triton.cdiv(patch_rows, chunk_rows)
+    # A power of two (<= 16) dividing every patch's first column and width.
+    column_multiple = math.gcd(*((j * W) // grid_w for j in range(grid_w + 1)), 16)
     patches = B * grid_h * grid_w
     hist = torch.empty((patches, n_chunks, KP), dtype=torch.int32, device=labels.device)
     histogram = LaunchPlan(
         _patch_histogram_kernel,
         (patches, n_chunks),
-        (labels, hist, H, W, grid_h, grid_w, num_classes, ignore_index, chunk, n_chunks),
-        dict(KP=KP, BLOCK=BLOCK),
+        (labels, hist, H, W, grid_h, grid_w, num_classes, ignore_index, chunk_rows, n_chunks),
+        dict(KP=KP, BLOCK_R=block_r, BLOCK_W=block_w, COLUMN_MULTIPLE=column_multiple),
         4,
         bytes_moved=nbytes(labels, hist),
-        bytes_per_step=BLOCK * labels.element_size(),
+        bytes_per_step=block_r * block_w * labels.element_size(),
     )
     vote = LaunchPlan(
         _vote_kernel,

@@ -140,7 +140,7 @@ def plan_noisy_text_projection(text, out, norm, sigma: float, seed: int, offset:
         (K * S,),
         (text, out, norm, S, D, Q, float(sigma), seed, offset),
         dict(TAG=TEXT_TAG, ACC=tl_acc_dtype(text.dtype), BLOCK_Q=block_q, ONE_TILE=one_tile),
-        4 if block_q >= 256 else 1,
+        _vector_warps(block_q, text.element_size(), 4),
         bytes_moved=(2 if one_tile else 4) * S * nbytes(text) + nbytes(out, norm),
         bytes_per_step=4 * block_q * text.element_size(),
     )
@@ -285,6 +285,16 @@ _ONE_PROGRAM_ELEMENTS = 1 << 16  # batches up to this many elements (64 rows of 
 _ROWS_PER_PROGRAM = 32
 
 
+# [BLOCK_R, BLOCK_D] tiles of z and t (4096 elements each): 8 warps keep the backward under 100 registers (4 warps:
+# 168 on sm_80, 12 warps/SM; gpu_report).
+_ROW_WARPS = 8
+
+
+def _vector_warps(length: int, element_size: int, most: int) -> int:
+    """Warps for 1-D tiles of ``length`` elements: as many as leave each thread one 128-bit vector or more."""
+    return max(1, min(most, length * element_size // (16 * 32)))
+
+
 def _row_blocks(D: int) -> tuple[int, int]:
     block_d = min(triton.next_power_of_2(D), 512)
     return max(1, min(16, 4096 // block_d)), block_d
@@ -308,12 +318,12 @@ def plan_clip_cosine_loss(image, text, loss) -> list[LaunchPlan]:
     traffic = dict(bytes_moved=nbytes(image, text), bytes_per_step=2 * block_r * block_d * image.element_size())
     if B * D <= _ONE_PROGRAM_ELEMENTS:
         args = (image, text, loss, loss, B, D, B)
-        return [LaunchPlan(_cosine_loss_kernel, (1,), args, dict(constexprs, FINAL=True), 4, **traffic)]
+        return [LaunchPlan(_cosine_loss_kernel, (1,), args, dict(constexprs, FINAL=True), _ROW_WARPS, **traffic)]
     programs = triton.cdiv(B, _ROWS_PER_PROGRAM)
     partial = torch.empty(programs, dtype=loss.dtype, device=image.device)
     args = (image, text, partial, loss, B, D, _ROWS_PER_PROGRAM)
     return [
-        LaunchPlan(_cosine_loss_kernel, (programs,), args, dict(constexprs, FINAL=False), 4, **traffic),
+        LaunchPlan(_cosine_loss_kernel, (programs,), args, dict(constexprs, FINAL=False), _ROW_WARPS, **traffic),
         LaunchPlan(
             _sum_partials_kernel,
             (1,),
@@ -380,7 +390,7 @@ def plan_clip_cosine_loss_backward(grad_loss, image, text, grad_image, grad_text
         (triton.cdiv(B, block_r),),
         (grad_loss, image, text, grad_image, grad_text if grad_text is not None else grad_image, B, D),
         dict(ACC=tl_acc_dtype(image.dtype), BLOCK_R=block_r, BLOCK_D=block_d, GRAD_TEXT=grad_text is not None),
-        4,
+        _ROW_WARPS,
         bytes_moved=2 * nbytes(image, text) + nbytes(grad_image, grad_text),
         bytes_per_step=2 * block_r * block_d * image.element_size(),
     )
@@ -462,7 +472,7 @@ def plan_noisy_style_features(xn, out, mean, std, feature_noise: float, seed: in
         (triton.cdiv(N, 4 * L),),
         (xn, out, mean, std, N, HW, float(feature_noise), seed, offset),
         dict(TAG=FEATURE_TAG, ACC=tl_acc_dtype(xn.dtype), L=L, NOISE=feature_noise != 0),
-        4,
+        _vector_warps(L, xn.element_size(), 4),
         bytes_moved=nbytes(xn, out),
         bytes_per_step=4 * L * xn.element_size(),
     )
