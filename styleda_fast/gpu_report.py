@@ -174,9 +174,10 @@ def _class_stats_variants() -> list[Variant]:
         return m.plan_patch_dominant_class(labels, out, 3, 3, 19, 255, True)
 
     one_hot = (
-        "class_mean_std compares each pixel with all KP class slots in registers: 16-bit x needs 8 pixels per "
-        "thread for 128-bit loads, which costs 149 registers (12 warps/SM), so it loads 4 (64-bit); the fix is a "
-        "tl.dot over blocks of 16 channels sharing the labels (to be timed on a GPU)"
+        "class_mean_std compares each pixel with all KP class slots in registers ([KP, BLOCK]): 2 pixels per thread "
+        "(64-bit fp32 loads) cost 117-128 registers; 4 pixels per thread compared a quarter at a time gave 128-bit "
+        "loads at 121-126 registers with triton 3.8 but 191-199 with triton 3.6 (8 warps/SM), so not adopted; "
+        "the fix is a tl.dot over blocks of 16 channels sharing the labels (to be timed on a GPU)"
     )
 
     def stats(dtype):
@@ -191,7 +192,7 @@ def _class_stats_variants() -> list[Variant]:
 
     return [
         Variant("class_stats", "dominant class 8x768x768 g3 int64", dominant),
-        Variant("class_stats", "class_mean_std fp32 K=19", stats(torch.float32)),
+        Variant("class_stats", "class_mean_std fp32 K=19", stats(torch.float32), known=one_hot),
         Variant("class_stats", "class_mean_std fp16 K=19", stats(torch.float16), core=False, known=one_hot),
         Variant("class_stats", "class_mean_std bf16 K=19", stats(torch.bfloat16), core=False, known=one_hot),
     ]

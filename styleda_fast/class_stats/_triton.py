@@ -153,39 +153,15 @@ def patch_dominant_class(
 
 
 @triton.jit
-def _load_chunk(xp, lp, off, N, K, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """Pixels ``off .. off+BLOCK`` of one plane as four quarters (pixels 4i, 4i+1, 4i+2, 4i+3): their class slots
-    (-1 outside ``[0, K)`` or past the end) and values in ACC. Each thread loads runs of contiguous pixels (128-bit
-    loads, 16-bit x included) but compares a quarter of them with the class slots at a time (a ``(KP, BLOCK // 4)``
-    matrix: registers)."""
+def _load_chunk(xp, lp, off, N, K, slots, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """Pixels ``off .. off+BLOCK`` of one plane: their class slot (-1 outside ``[0, K)`` or past the end), their
+    values in ACC, and the ``(KP, BLOCK)`` matrix saying which slot each pixel belongs to."""
     idx = off + tl.arange(0, BLOCK).to(tl.int64)
     mask = idx < N
     lab = tl.load(lp + idx, mask=mask, other=-1).to(tl.int64)
     slot = tl.where(mask & (lab >= 0) & (lab < K), lab, -1)
     xv = tl.load(xp + idx, mask=mask, other=0).to(ACC)
-    slot_even, slot_odd = tl.split(tl.reshape(slot, [BLOCK // 2, 2]))
-    x_even, x_odd = tl.split(tl.reshape(xv, [BLOCK // 2, 2]))
-    slot_0, slot_2 = tl.split(tl.reshape(slot_even, [BLOCK // 4, 2]))
-    slot_1, slot_3 = tl.split(tl.reshape(slot_odd, [BLOCK // 4, 2]))
-    x_0, x_2 = tl.split(tl.reshape(x_even, [BLOCK // 4, 2]))
-    x_1, x_3 = tl.split(tl.reshape(x_odd, [BLOCK // 4, 2]))
-    return (slot_0, slot_1, slot_2, slot_3), (x_0, x_1, x_2, x_3)
-
-
-@triton.jit
-def _class_sums(slot, xv, slots):
-    """Per-slot sums of xv and pixel counts ``[KP]``."""
-    eq = slots[:, None] == slot[None, :]
-    return tl.sum(tl.where(eq, xv[None, :], 0.0), axis=1), tl.sum(eq.to(tl.int32), axis=1)
-
-
-@triton.jit
-def _class_squares(slot, xv, slots, mean):
-    """Per-slot sums of squared deviations from the slot's mean ``[KP]``."""
-    eq = slots[:, None] == slot[None, :]
-    pixel_mean = tl.sum(tl.where(eq, mean[:, None], 0.0), axis=0)
-    d = tl.where(slot >= 0, xv - pixel_mean, 0.0)
-    return tl.sum(tl.where(eq, (d * d)[None, :], 0.0), axis=1)
+    return slot, xv, slots[:, None] == slot[None, :]
 
 
 @triton.jit
@@ -212,18 +188,17 @@ def _class_mean_std_kernel(
     sums = tl.zeros((KP,), dtype=ACC)
     counts = tl.zeros((KP,), dtype=tl.int32)
     for off in range(0, N, BLOCK):
-        slot, xv = _load_chunk(xp, lp, off, N, K, BLOCK, ACC)
-        for q in tl.static_range(4):
-            quarter_sums, quarter_counts = _class_sums(slot[q], xv[q], slots)
-            sums += quarter_sums
-            counts += quarter_counts
+        slot, xv, eq = _load_chunk(xp, lp, off, N, K, slots, BLOCK, ACC)
+        sums += tl.sum(tl.where(eq, xv[None, :], 0.0), axis=1)
+        counts += tl.sum(eq.to(tl.int32), axis=1)
     n = counts.to(ACC)
     mean = tl.where(counts > 0, sums / tl.maximum(n, 1.0), 0.0)
     sq = tl.zeros((KP,), dtype=ACC)
     for off in range(0, N, BLOCK):
-        slot, xv = _load_chunk(xp, lp, off, N, K, BLOCK, ACC)
-        for q in tl.static_range(4):
-            sq += _class_squares(slot[q], xv[q], slots, mean)
+        slot, xv, eq = _load_chunk(xp, lp, off, N, K, slots, BLOCK, ACC)
+        pixel_mean = tl.sum(tl.where(eq, mean[:, None], 0.0), axis=0)
+        d = tl.where(slot >= 0, xv - pixel_mean, 0.0)
+        sq += tl.sum(tl.where(eq, (d * d)[None, :], 0.0), axis=1)
     var = tl.where(counts > 1, sq / tl.maximum(n - 1.0, 1.0), 0.0)
     std = tl.where(counts > 0, tl.sqrt(var + eps), 0.0)
     keep = slots < K
@@ -237,9 +212,7 @@ def plan_class_mean_std(x, labels, mean, std, count, num_classes: int, eps: floa
     """The launch writing ``mean``, ``std`` ``(B, K, C)`` and ``count`` ``(B, K)`` (zeroed by the caller)."""
     B, C, H, W = x.shape
     KP = _pow2(num_classes)
-    # Four pixels per thread (4 warps: a 128-bit vector of fp32 x), compared with the slots a quarter at a time
-    # ([KP, BLOCK/4]). 16-bit x would need 8 pixels per thread for 128 bits: 149 registers (gpu_report), so 64.
-    BLOCK = 4 * max(16, min(128, 8192 // KP))
+    BLOCK = max(16, min(1024, 8192 // KP))
     plan = LaunchPlan(
         _class_mean_std_kernel,
         (B * C,),
