@@ -5,7 +5,8 @@ disagreed on): a block of ``BLOCK`` pixels is compared with the ``KP`` class slo
 boolean matrix) and reduced along the pixels. Integer counts and fixed reduction orders make the results
 deterministic.
 
-* ``patch_dominant_class``: each patch is cut into chunks; program ``(patch, chunk)`` writes the chunk's histogram
+* ``patch_dominant_class``: each patch is cut into chunks of rows; program ``(patch, chunk)`` reads its rows in tiles
+  along the contiguous columns (vector loads) and writes the chunk's histogram
   to a scratch buffer, and a second kernel sums the chunks of a patch and votes (most votes, ties to the smallest
   value). The split gives a GPU enough programs for 8 label maps of 768x768 (72 patches).
 * ``class_mean_std``: one program per (image, channel) plane, two passes (class means, then centered squares; the
@@ -17,12 +18,14 @@ API rejects them before launching.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
 from styleda_fast._checks import acc_dtype
-from styleda_fast._triton_utils import tl_acc_dtype
+from styleda_fast._triton_utils import LaunchPlan, launch, nbytes, tl_acc_dtype
 
 
 @triton.jit
@@ -35,13 +38,17 @@ def _patch_histogram_kernel(
     GW,
     K,
     ignore_index,
-    chunk,
+    chunk_rows,
     n_chunks,
     KP: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    COLUMN_MULTIPLE: tl.constexpr,
 ):
+    """Histogram of the rows ``[chunk * chunk_rows, ...)`` of one patch, in ``[BLOCK_R, BLOCK_W]`` tiles that run
+    along the contiguous columns (COLUMN_MULTIPLE divides every patch's first column and width: vector loads)."""
     pid = tl.program_id(0).to(tl.int64)  # (image, patch)
-    s = tl.program_id(1).to(tl.int64)  # chunk of the patch
+    s = tl.program_id(1)  # chunk of the patch's rows
     b = pid // (GH * GW)
     p = pid % (GH * GW)
     i = p // GW
@@ -49,24 +56,25 @@ def _patch_histogram_kernel(
     r0 = (i * H) // GH
     r1 = ((i + 1) * H) // GH
     c0 = (j * W) // GW
-    c1 = ((j + 1) * W) // GW
-    pw = c1 - c0
-    n_pix = (r1 - r0) * pw
-    start = s * chunk
-    stop = tl.minimum(start + chunk, n_pix)
+    pw = ((j + 1) * W) // GW - c0
+    if COLUMN_MULTIPLE > 1:
+        c0 = tl.multiple_of(c0, COLUMN_MULTIPLE)
+        pw = tl.multiple_of(pw, COLUMN_MULTIPLE)
+    start = r0 + s * chunk_rows
+    stop = tl.minimum(start + chunk_rows, r1)
     slots = tl.arange(0, KP)
     counts = tl.zeros((KP,), dtype=tl.int32)
-    base = labels_ptr + b * H * W
-    for off in range(start, stop, BLOCK):
-        idx = off + tl.arange(0, BLOCK).to(tl.int64)
-        mask = idx < stop
-        r = r0 + idx // pw
-        c = c0 + idx % pw
-        lab = tl.load(base + r * W + c, mask=mask, other=0).to(tl.int64)
-        slot = tl.where(lab == ignore_index, K, tl.where((lab >= 0) & (lab < K), lab, -1))
-        slot = tl.where(mask, slot, -1)
-        eq = slots[:, None] == slot[None, :]
-        counts += tl.sum(eq.to(tl.int32), axis=1)
+    base = labels_ptr + b * H * W + c0
+    for row in range(start, stop, BLOCK_R):
+        for col in range(0, pw, BLOCK_W):
+            r = row + tl.arange(0, BLOCK_R)
+            c = col + tl.arange(0, BLOCK_W)
+            mask = (r < stop)[:, None] & (c < pw)[None, :]
+            lab = tl.load(base + r.to(tl.int64)[:, None] * W + c[None, :], mask=mask, other=0).to(tl.int64)
+            slot = tl.where(lab == ignore_index, K, tl.where((lab >= 0) & (lab < K), lab, -1))
+            slot = tl.where(mask, slot, -1)
+            eq = slots[:, None, None] == slot[None, :, :]
+            counts += tl.sum(tl.sum(eq.to(tl.int32), axis=2), axis=1)
     tl.store(hist_ptr + (pid * n_chunks + s) * KP + slots, counts)
 
 
@@ -91,26 +99,56 @@ def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 2))
 
 
+def plan_patch_dominant_class(
+    labels: torch.Tensor,
+    out: torch.Tensor,
+    grid_h: int,
+    grid_w: int,
+    num_classes: int,
+    ignore_index: int,
+    count_ignore: bool,
+) -> list[LaunchPlan]:
+    """The histogram and vote launches writing ``out (B, gh, gw)`` from contiguous ``labels (B, H, W)``."""
+    B, H, W = labels.shape
+    KP = _pow2(num_classes + 1)
+    block = max(64, min(1024, 8192 // KP))  # pixels per tile: KP x block slot comparisons (56 registers at KP 32)
+    patch_rows, patch_cols = -(-H // grid_h), -(-W // grid_w)
+    block_w = min(triton.next_power_of_2(patch_cols), block)
+    block_r = max(1, block // block_w)
+    chunk_rows = triton.cdiv(triton.cdiv(patch_rows, 16), block_r) * block_r  # up to 16 chunks per patch
+    n_chunks = triton.cdiv(patch_rows, chunk_rows)
+    # A power of two (<= 16) dividing every patch's first column and width.
+    column_multiple = math.gcd(*((j * W) // grid_w for j in range(grid_w + 1)), 16)
+    patches = B * grid_h * grid_w
+    hist = torch.empty((patches, n_chunks, KP), dtype=torch.int32, device=labels.device)
+    histogram = LaunchPlan(
+        _patch_histogram_kernel,
+        (patches, n_chunks),
+        (labels, hist, H, W, grid_h, grid_w, num_classes, ignore_index, chunk_rows, n_chunks),
+        dict(KP=KP, BLOCK_R=block_r, BLOCK_W=block_w, COLUMN_MULTIPLE=column_multiple),
+        4,
+        bytes_moved=nbytes(labels, hist),
+        bytes_per_step=block_r * block_w * labels.element_size(),
+    )
+    vote = LaunchPlan(
+        _vote_kernel,
+        (patches,),
+        (hist, out, num_classes, ignore_index, n_chunks),
+        dict(COUNT_IGNORE=bool(count_ignore), KP=KP),
+        4,
+        bytes_moved=nbytes(hist, out),
+        bytes_per_step=KP * 4,
+    )
+    return [histogram, vote]
+
+
 def patch_dominant_class(
     labels: torch.Tensor, grid_h: int, grid_w: int, num_classes: int, ignore_index: int, count_ignore: bool
 ) -> torch.Tensor:
     """Launcher: ``labels (B, H, W)`` integer -> ``(B, gh, gw)`` int64 (see the operator's schema comment)."""
     labels = labels.contiguous()
-    B, H, W = labels.shape
-    KP = _pow2(num_classes + 1)
-    BLOCK = max(64, min(1024, 16384 // KP))
-    max_pixels = -(-H // grid_h) * -(-W // grid_w)
-    chunk = max(BLOCK, triton.cdiv(triton.cdiv(max_pixels, 16), BLOCK) * BLOCK)  # up to 16 chunks per patch
-    n_chunks = triton.cdiv(max_pixels, chunk)
-    patches = B * grid_h * grid_w
-    hist = torch.empty((patches, n_chunks, KP), dtype=torch.int32, device=labels.device)
-    out = torch.empty((B, grid_h, grid_w), dtype=torch.int64, device=labels.device)
-    if patches == 0:
-        return out
-    _patch_histogram_kernel[(patches, n_chunks)](
-        labels, hist, H, W, grid_h, grid_w, num_classes, ignore_index, chunk, n_chunks, KP=KP, BLOCK=BLOCK
-    )
-    _vote_kernel[(patches,)](hist, out, num_classes, ignore_index, n_chunks, COUNT_IGNORE=bool(count_ignore), KP=KP)
+    out = torch.empty((labels.shape[0], grid_h, grid_w), dtype=torch.int64, device=labels.device)
+    launch(plan_patch_dominant_class(labels, out, grid_h, grid_w, num_classes, ignore_index, count_ignore))
     return out
 
 
@@ -170,6 +208,23 @@ def _class_mean_std_kernel(
     tl.store(count_ptr + b * K + slots, counts.to(tl.int64), mask=keep & (c == 0))
 
 
+def plan_class_mean_std(x, labels, mean, std, count, num_classes: int, eps: float) -> list[LaunchPlan]:
+    """The launch writing ``mean``, ``std`` ``(B, K, C)`` and ``count`` ``(B, K)`` (zeroed by the caller)."""
+    B, C, H, W = x.shape
+    KP = _pow2(num_classes)
+    BLOCK = max(16, min(1024, 8192 // KP))
+    plan = LaunchPlan(
+        _class_mean_std_kernel,
+        (B * C,),
+        (x, labels, mean, std, count, C, H * W, num_classes, float(eps)),
+        dict(KP=KP, BLOCK=BLOCK, ACC=tl_acc_dtype(x.dtype)),
+        4,
+        bytes_moved=2 * nbytes(x) + 2 * C * nbytes(labels) + nbytes(mean, std, count),
+        bytes_per_step=BLOCK * (x.element_size() + labels.element_size()),
+    )
+    return [plan]
+
+
 def class_mean_std(
     x: torch.Tensor, labels: torch.Tensor, num_classes: int, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -185,20 +240,5 @@ def class_mean_std(
     count = torch.zeros((B, K), dtype=torch.int64, device=x.device)
     if B * C == 0:
         return mean.zero_(), std.zero_(), count
-    KP = _pow2(K)
-    BLOCK = max(16, min(1024, 8192 // KP))
-    _class_mean_std_kernel[(B * C,)](
-        x,
-        labels,
-        mean,
-        std,
-        count,
-        C,
-        H * W,
-        K,
-        float(eps),
-        KP=KP,
-        BLOCK=BLOCK,
-        ACC=tl_acc_dtype(x.dtype),
-    )
+    launch(plan_class_mean_std(x, labels, mean, std, count, K, eps))
     return mean, std, count

@@ -13,7 +13,12 @@ Design:
   channels fills a 128-byte line per pixel).
 * When the whole patch fits one tile (``SINGLE_TILE``), the program reads it once, keeps it in registers for the
   statistics and writes the output: one read and one write of x. Otherwise it loops over tiles: one pass for the
-  statistics, one for the output (or the gradient).
+  statistics, one for the output (or the gradient). The second pass runs from the last tile backwards, so the most
+  recently read tiles (the likeliest still in L2) come first, and with few tiles per patch (``KEEP_LAST``: PODA's
+  NCHW planes, 9 tiles) the last tile is not read again at all but kept in registers.
+* Tile shapes and warps come from ``styleda_fast.gpu_report`` (registers, spills, occupancy and 128-bit accesses
+  compiled for sm_80/sm_90 at the benchmark shapes; ``tests/test_triton_compile.py``). Offsets are 32-bit when x
+  is small enough (fewer registers).
 * Statistics are never ``E[x^2] - E[x]^2`` (features have large means): each tile's mean and centered sum of
   squares are combined with Chan's parallel formula, in the accumulation dtype (float64 for float64 x, else float32).
 * A patch of one pixel has variance 0 (``std = sqrt(eps)``), as in the reference.
@@ -29,7 +34,7 @@ import triton
 import triton.language as tl
 
 from styleda_fast._checks import acc_dtype
-from styleda_fast._triton_utils import device_guard, next_pow2, prev_pow2, tl_acc_dtype
+from styleda_fast._triton_utils import LaunchPlan, launch, nbytes, next_pow2, prev_pow2, tl_acc_dtype
 
 # Most elements one program holds in a tile. Read at every launch, so tests can lower it to exercise the tile loops.
 MAX_TILE_ELEMENTS = 4096
@@ -43,7 +48,15 @@ _CHANNEL_LINE_BYTES = 128
 
 @triton.jit
 def _program_coordinates(
-    channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C: tl.constexpr, COLUMN_MULTIPLE: tl.constexpr
+    channels,
+    height,
+    width,
+    grid_h,
+    grid_w,
+    channel_blocks,
+    BLOCK_C: tl.constexpr,
+    COLUMN_MULTIPLE: tl.constexpr,
+    INDEX: tl.constexpr,
 ):
     """Which (image, patch, channel block) this program owns, and the patch's first row/column and size.
 
@@ -66,17 +79,19 @@ def _program_coordinates(
     channel = channel_block * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channel < channels
     # Index of (image, channel, i, j) in the contiguous (B, C, gh, gw) per-patch tensors.
-    param_index = (image.to(tl.int64) * channels + channel) * num_patches + patch
+    param_index = (image.to(INDEX) * channels + channel) * num_patches + patch
     return image, channel, channel_mask, param_index, row0, col0, rows, cols
 
 
 @triton.jit
-def _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST: tl.constexpr):
+def _channel_offsets(
+    image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST: tl.constexpr, INDEX: tl.constexpr
+):
     """Offsets ``[BLOCK_C, 1, 1]`` of the (image, channel) planes, and their mask (unit stride known statically)."""
     if CHANNELS_LAST:
-        offsets = image.to(tl.int64) * stride_b + channel.to(tl.int64)
+        offsets = image.to(INDEX) * stride_b + channel.to(INDEX)
     else:
-        offsets = image.to(tl.int64) * stride_b + channel.to(tl.int64) * stride_c
+        offsets = image.to(INDEX) * stride_b + channel.to(INDEX) * stride_c
     return offsets[:, None, None], channel_mask[:, None, None]
 
 
@@ -89,14 +104,20 @@ def _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST: tl.constexpr, BLOCK_
     plane_offsets, plane_mask, row0, col0, rows, cols, stride_h, stride_w = patch
     row = tile_row + tl.arange(0, BLOCK_H)
     col = tile_col + tl.arange(0, BLOCK_W)
-    row_offsets = (row0 + row).to(tl.int64) * stride_h
+    row_offsets = (row0 + row).to(plane_offsets.dtype) * stride_h
     if CHANNELS_LAST:
-        col_offsets = (col0 + col).to(tl.int64) * stride_w
+        col_offsets = (col0 + col).to(plane_offsets.dtype) * stride_w
     else:
-        col_offsets = (col0 + col).to(tl.int64)
+        col_offsets = (col0 + col).to(plane_offsets.dtype)
     offsets = plane_offsets + row_offsets[None, :, None] + col_offsets[None, None, :]
     mask = plane_mask & (row < rows)[None, :, None] & (col < cols)[None, None, :]
     return offsets, mask
+
+
+@triton.jit
+def _tile_start(t, tiles_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """First row and column (within the patch) of tile t; tiles run row-major, tiles_w of them per tile row."""
+    return (t // tiles_w) * BLOCK_H, (t % tiles_w) * BLOCK_W
 
 
 @triton.jit
@@ -170,10 +191,12 @@ def _style_mix_forward_kernel(
     HAS_MIX: tl.constexpr,
     RELU: tl.constexpr,
     SINGLE_TILE: tl.constexpr,
+    KEEP_LAST: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
     COLUMN_MULTIPLE: tl.constexpr,
+    INDEX: tl.constexpr,
 ):
     """Statistics of one (image, patch, channel block) into mean/std; with HAS_TARGET also the transferred output.
 
@@ -181,9 +204,9 @@ def _style_mix_forward_kernel(
     (B, C, gh, gw) contiguous, ACC dtype. eps = eps_hi + eps_lo (a float argument reaches the kernel as float32).
     """
     image, channel, channel_mask, param_index, row0, col0, rows, cols = _program_coordinates(
-        channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C, COLUMN_MULTIPLE
+        channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C, COLUMN_MULTIPLE, INDEX
     )
-    plane_offsets, plane_mask = _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST)
+    plane_offsets, plane_mask = _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST, INDEX)
     patch = (plane_offsets, plane_mask, row0, col0, rows, cols, stride_h, stride_w)
     count = rows * cols
 
@@ -192,21 +215,29 @@ def _style_mix_forward_kernel(
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
         mean, m2 = _tile_mean_m2(x, mask, count.to(ACC))
     else:
-        # Chan et al.: combine each tile's (count, mean, centered M2) into the running ones.
+        # Chan et al.: combine each tile's (count, mean, centered M2) into the running ones. With KEEP_LAST the last
+        # tile stays in registers (x) for the output pass.
+        tiles_w = tl.cdiv(cols, BLOCK_W)
+        n_tiles = tl.cdiv(rows, BLOCK_H) * tiles_w
         mean = tl.zeros([BLOCK_C], ACC)
         m2 = tl.zeros([BLOCK_C], ACC)
         seen = count * 0
-        for tile_row in range(0, rows, BLOCK_H):
-            for tile_col in range(0, cols, BLOCK_W):
-                offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
-                tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
-                tile_count = tl.minimum(rows - tile_row, BLOCK_H) * tl.minimum(cols - tile_col, BLOCK_W)
-                tile_mean, tile_m2 = _tile_mean_m2(tile, mask, tile_count.to(ACC))
-                total = seen + tile_count
-                delta = tile_mean - mean
-                mean += delta * (tile_count.to(ACC) / total.to(ACC))
-                m2 += tile_m2 + delta * delta * (seen.to(ACC) * tile_count.to(ACC) / total.to(ACC))
-                seen = total
+        x = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], ACC)
+        for t in range(0, n_tiles):
+            tile_row, tile_col = _tile_start(t, tiles_w, BLOCK_H, BLOCK_W)
+            offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
+            tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+            tile_count = tl.minimum(rows - tile_row, BLOCK_H) * tl.minimum(cols - tile_col, BLOCK_W)
+            tile_mean, tile_m2 = _tile_mean_m2(tile, mask, tile_count.to(ACC))
+            if KEEP_LAST:
+                x = tile
+            total = seen + tile_count
+            delta = tile_mean - mean
+            mean += delta * (tile_count.to(ACC) / total.to(ACC))
+            m2 += tile_m2 + delta * delta * (seen.to(ACC) * tile_count.to(ACC) / total.to(ACC))
+            seen = total
+        tile_row, tile_col = _tile_start(n_tiles - 1, tiles_w, BLOCK_H, BLOCK_W)
+        offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)  # x's
 
     var = tl.where(count > 1, m2 / tl.maximum(count - 1, 1).to(ACC), 0.0)
     std = _sqrt(var + (tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)))
@@ -218,16 +249,18 @@ def _style_mix_forward_kernel(
             mean, std, target_mean_ptr, target_std_ptr, mix_ptr, param_index, channel_mask, HAS_MIX
         )
         mean_3d, scale_3d, shift_3d = mean[:, None, None], scale[:, None, None], shift[:, None, None]
-        if SINGLE_TILE:
+        # Single tile: x is the patch. Tile loop: the tiles are read again from the last backwards, the most
+        # recently read first (the likeliest still in L2); with KEEP_LAST the last one is x.
+        if SINGLE_TILE or KEEP_LAST:
             out = _activate((x - mean_3d) * scale_3d + shift_3d, RELU)
             tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
-        else:
-            for tile_row in range(0, rows, BLOCK_H):
-                for tile_col in range(0, cols, BLOCK_W):
-                    offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
-                    tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
-                    out = _activate((tile - mean_3d) * scale_3d + shift_3d, RELU)
-                    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+        if not SINGLE_TILE:
+            for k in range(1 if KEEP_LAST else 0, n_tiles):
+                tile_row, tile_col = _tile_start(n_tiles - 1 - k, tiles_w, BLOCK_H, BLOCK_W)
+                offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
+                tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+                out = _activate((tile - mean_3d) * scale_3d + shift_3d, RELU)
+                tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -271,10 +304,12 @@ def _style_mix_backward_kernel(
     RELU: tl.constexpr,
     COMPUTE_GRAD_X: tl.constexpr,
     SINGLE_TILE: tl.constexpr,
+    KEEP_LAST: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
     COLUMN_MULTIPLE: tl.constexpr,
+    INDEX: tl.constexpr,
 ):
     """Backward of one (image, patch, channel block); dx = a*g + b + c*(x - mean) with per-channel a, b, c.
 
@@ -283,9 +318,9 @@ def _style_mix_backward_kernel(
     incoming gradients of mean/std from grad_mean/grad_std. grad_out, x, grad_x share the given strides.
     """
     image, channel, channel_mask, param_index, row0, col0, rows, cols = _program_coordinates(
-        channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C, COLUMN_MULTIPLE
+        channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C, COLUMN_MULTIPLE, INDEX
     )
-    plane_offsets, plane_mask = _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST)
+    plane_offsets, plane_mask = _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST, INDEX)
     patch = (plane_offsets, plane_mask, row0, col0, rows, cols, stride_h, stride_w)
     count = rows * cols
     mean = tl.load(mean_ptr + param_index, mask=channel_mask, other=0.0)
@@ -293,6 +328,9 @@ def _style_mix_backward_kernel(
     mean_3d = mean[:, None, None]
     if SINGLE_TILE:
         offsets, mask = _tile_offsets(patch, 0, 0, CHANNELS_LAST, BLOCK_H, BLOCK_W)
+    else:
+        tiles_w = tl.cdiv(cols, BLOCK_W)
+        n_tiles = tl.cdiv(rows, BLOCK_H) * tiles_w
 
     if HAS_GRAD_OUT:
         scale, shift, w = _transfer(
@@ -304,16 +342,23 @@ def _style_mix_backward_kernel(
             sum_grad = _sum_pixels(grad)
             sum_grad_centered = _sum_pixels(grad * centered)
         else:
+            # With KEEP_LAST the last tile's (x - mean, g) stay in registers for the grad_x pass.
             sum_grad = tl.zeros([BLOCK_C], ACC)
             sum_grad_centered = tl.zeros([BLOCK_C], ACC)
-            for tile_row in range(0, rows, BLOCK_H):
-                for tile_col in range(0, cols, BLOCK_W):
-                    offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
-                    centered, grad = _masked_grad(
-                        grad_out_ptr, x_ptr, offsets, mask, mean_3d, scale_3d, shift_3d, ACC, RELU
-                    )
-                    sum_grad += _sum_pixels(grad)
-                    sum_grad_centered += _sum_pixels(grad * centered)
+            centered = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], ACC)
+            grad = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], ACC)
+            for t in range(0, n_tiles):
+                tile_row, tile_col = _tile_start(t, tiles_w, BLOCK_H, BLOCK_W)
+                offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
+                tile_centered, tile_grad = _masked_grad(
+                    grad_out_ptr, x_ptr, offsets, mask, mean_3d, scale_3d, shift_3d, ACC, RELU
+                )
+                sum_grad += _sum_pixels(tile_grad)
+                sum_grad_centered += _sum_pixels(tile_grad * tile_centered)
+                if KEEP_LAST:
+                    centered, grad = tile_centered, tile_grad
+            tile_row, tile_col = _tile_start(n_tiles - 1, tiles_w, BLOCK_H, BLOCK_W)
+            offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)  # the last's
         sum_grad_normalized = sum_grad_centered / std
         tl.store(grad_mean_ptr + param_index, sum_grad, mask=channel_mask)
         tl.store(grad_std_ptr + param_index, sum_grad_normalized, mask=channel_mask)
@@ -349,18 +394,23 @@ def _style_mix_backward_kernel(
                 grad_x = coef_g_3d * grad + coef_const_3d + coef_centered_3d * centered
             tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
         else:
-            for tile_row in range(0, rows, BLOCK_H):
-                for tile_col in range(0, cols, BLOCK_W):
-                    offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
-                    if HAS_GRAD_OUT:
-                        centered, grad = _masked_grad(
-                            grad_out_ptr, x_ptr, offsets, mask, mean_3d, scale_3d, shift_3d, ACC, RELU
-                        )
-                        grad_x = coef_g_3d * grad + coef_const_3d + coef_centered_3d * centered
-                    else:
-                        centered = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC) - mean_3d
-                        grad_x = coef_const_3d + coef_centered_3d * centered
-                    tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+            # From the last tile backwards (the most recently read first: the likeliest still in L2); with grad_out
+            # and KEEP_LAST the last tile comes from registers.
+            if HAS_GRAD_OUT and KEEP_LAST:
+                grad_x = coef_g_3d * grad + coef_const_3d + coef_centered_3d * centered
+                tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+            for k in range(1 if HAS_GRAD_OUT and KEEP_LAST else 0, n_tiles):
+                tile_row, tile_col = _tile_start(n_tiles - 1 - k, tiles_w, BLOCK_H, BLOCK_W)
+                offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
+                if HAS_GRAD_OUT:
+                    centered, grad = _masked_grad(
+                        grad_out_ptr, x_ptr, offsets, mask, mean_3d, scale_3d, shift_3d, ACC, RELU
+                    )
+                    grad_x = coef_g_3d * grad + coef_const_3d + coef_centered_3d * centered
+                else:
+                    centered = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC) - mean_3d
+                    grad_x = coef_const_3d + coef_centered_3d * centered
+                tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
 # ============================================ launchers ============================================
@@ -385,23 +435,43 @@ def _like_layout(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last) if _is_channels_last(x) else t.contiguous()
 
 
+def _block_width(patch_cols: int, pixels: int) -> int:
+    """Tile width (a power of two <= pixels): the one that pads the patch's columns least, the widest on ties, and
+    at least a warp's 32 columns (or the whole row) so that rows stay coalesced: 192 columns -> 64 (3 tiles, no
+    padding), not 256 (a quarter of the lanes idle)."""
+    widest = min(next_pow2(patch_cols), pixels)
+    candidates = [w for w in (1 << k for k in range(widest.bit_length())) if w >= min(32, widest)]
+    return min(candidates, key=lambda w: (triton.cdiv(patch_cols, w) * w, -w))
+
+
 class _TileConfig:
     """Tile shape of one program and how many programs cover x (read MAX_TILE_ELEMENTS at every launch)."""
 
     def __init__(self, x: torch.Tensor, grid_h: int, grid_w: int):
         batch, channels, height, width = x.shape
-        max_tile = prev_pow2(MAX_TILE_ELEMENTS)
         self.channels_last = _is_channels_last(x)
+        max_tile = prev_pow2(MAX_TILE_ELEMENTS)
         patch_rows, patch_cols = -(-height // grid_h), -(-width // grid_w)  # the largest patch
         if self.channels_last:
             line = max(1, _CHANNEL_LINE_BYTES // x.element_size())
             self.block_c = min(next_pow2(channels), line, max_tile)
+            # Few patches (PODA's global statistics): narrower channel blocks, down to one 128-bit vector per pixel,
+            # so that there are enough programs to fill the GPU (64 programs of 32 channels would leave most idle).
+            vector = max(1, 16 // x.element_size())
+            while self.block_c > vector and batch * grid_h * grid_w * triton.cdiv(channels, self.block_c) < 512:
+                self.block_c //= 2
         else:
             self.block_c = 1
         pixels = max(1, max_tile // self.block_c)
-        self.block_w = min(next_pow2(patch_cols), pixels)
+        # channels_last: columns are not contiguous anyway; at most 32 columns per tile vs 64 is a wash over the
+        # benchmark variants (gpu_report: 25 vs 24.6 warps/SM on average, 16 at least), better for PODA fp32/fp16.
+        self.block_w = _block_width(patch_cols, min(pixels, 32) if self.channels_last else pixels)
         self.block_h = min(next_pow2(patch_rows), max(1, pixels // self.block_w))
         self.single_tile = self.block_h >= patch_rows and self.block_w >= patch_cols
+        self.tiles = triton.cdiv(patch_rows, self.block_h) * triton.cdiv(patch_cols, self.block_w)
+        # Keeping the last tile in registers across the statistics saves 1/tiles of the second read, for the price
+        # of a tile of registers: worth it for few tiles (PODA's NCHW planes: 9 tiles, 11%), not for 32.
+        self.keep_last = not self.single_tile and self.tiles <= 16
         if not self.channels_last and self.single_tile:
             # Small NCHW patches: several channel planes per program, so that programs stay large.
             self.block_c = min(next_pow2(channels), max(1, max_tile // (self.block_h * self.block_w)))
@@ -410,18 +480,22 @@ class _TileConfig:
         self.column_multiple = 1 if self.channels_last else math.gcd(column_starts, 16)
         self.channel_blocks = triton.cdiv(channels, self.block_c)
         self.programs = batch * grid_h * grid_w * self.channel_blocks
-        elements = self.block_c * self.block_h * self.block_w
-        self.num_warps = min(8, max(1, elements // 512))
+        self.tile_elements = self.block_c * self.block_h * self.block_w
+        # 32-bit offsets (fewer registers) while every offset, masked lanes of a tile past the edge included, fits.
+        extent = sum((n - 1) * abs(st) for n, st in zip(x.shape, x.stride())) + 1
+        self.index = tl.int32 if 2 * extent < 2**31 else tl.int64
+        self.num_warps = min(8, max(1, self.tile_elements // 512))
 
     def constexprs(self) -> dict:
         return {
             "CHANNELS_LAST": self.channels_last,
             "SINGLE_TILE": self.single_tile,
+            "KEEP_LAST": self.keep_last,
             "BLOCK_C": self.block_c,
             "BLOCK_H": self.block_h,
             "BLOCK_W": self.block_w,
             "COLUMN_MULTIPLE": self.column_multiple,
-            "num_warps": self.num_warps,
+            "INDEX": self.index,
         }
 
 
@@ -437,74 +511,107 @@ def _new_patch_params(x: torch.Tensor, grid_h: int, grid_w: int) -> tuple[torch.
     return torch.empty(shape, dtype=dtype, device=x.device), torch.empty(shape, dtype=dtype, device=x.device)
 
 
-def _launch_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps) -> None:
+def plan_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps) -> list[LaunchPlan]:
     """Statistics into mean/std and, when target_mean is given, the transferred output into out."""
     config = _TileConfig(x, grid_h, grid_w)
     has_target = target_mean is not None
     eps_hi, eps_lo = _split_float(float(eps))
-    with device_guard(x):
-        _style_mix_forward_kernel[(config.programs,)](
-            x,
-            out if has_target else x,
-            mean,
-            std,
-            target_mean if has_target else mean,
-            target_std if has_target else std,
-            mix if mix is not None else mean,
-            x.shape[1],
-            x.shape[2],
-            x.shape[3],
-            grid_h,
-            grid_w,
-            config.channel_blocks,
-            *x.stride(),
-            eps_hi,
-            eps_lo,
-            ACC=tl_acc_dtype(x.dtype),
-            HAS_TARGET=has_target,
-            HAS_MIX=mix is not None,
-            RELU=bool(relu),
-            **config.constexprs(),
+    x_passes = 1 + (has_target and not config.single_tile) * (1 - config.keep_last / config.tiles)
+    args = (
+        x,
+        out if has_target else x,
+        mean,
+        std,
+        target_mean if has_target else mean,
+        target_std if has_target else std,
+        mix if mix is not None else mean,
+        x.shape[1],
+        x.shape[2],
+        x.shape[3],
+        grid_h,
+        grid_w,
+        config.channel_blocks,
+        *x.stride(),
+        eps_hi,
+        eps_lo,
+    )
+    constexprs = dict(
+        ACC=tl_acc_dtype(x.dtype),
+        HAS_TARGET=has_target,
+        HAS_MIX=mix is not None,
+        RELU=bool(relu),
+        **config.constexprs(),
+    )
+    return [
+        LaunchPlan(
+            _style_mix_forward_kernel,
+            (config.programs,),
+            args,
+            constexprs,
+            config.num_warps,
+            bytes_moved=int(x_passes * nbytes(x))
+            + (nbytes(x) if has_target else 0)
+            + nbytes(mean, std, target_mean, target_std, mix),
+            bytes_per_step=config.tile_elements * x.element_size(),
         )
+    ]
 
 
-def _launch_backward(grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mean, grad_std, relu) -> None:
+def plan_backward(
+    grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mean, grad_std, relu
+) -> list[LaunchPlan]:
     """See _style_mix_backward_kernel; grad_out None selects the patch_mean_std backward, grad_x None skips dx."""
     config = _TileConfig(x, mean.shape[2], mean.shape[3])
     has_grad_out = grad_out is not None
-    with device_guard(x):
-        _style_mix_backward_kernel[(config.programs,)](
-            grad_out if has_grad_out else x,
-            x,
-            grad_x if grad_x is not None else x,
-            mean,
-            std,
-            target_mean if target_mean is not None else mean,
-            target_std if target_std is not None else std,
-            mix if mix is not None else mean,
-            grad_mean,
-            grad_std,
-            x.shape[1],
-            x.shape[2],
-            x.shape[3],
-            mean.shape[2],
-            mean.shape[3],
-            config.channel_blocks,
-            *x.stride(),
-            ACC=tl_acc_dtype(x.dtype),
-            HAS_GRAD_OUT=has_grad_out,
-            HAS_MIX=mix is not None,
-            RELU=bool(relu),
-            COMPUTE_GRAD_X=grad_x is not None,
-            **config.constexprs(),
+    inputs = 1 + has_grad_out  # tensors of x's size read per pass
+    reread = (grad_x is not None) * (1 - config.keep_last / config.tiles)
+    passes = 1 if config.single_tile or not has_grad_out else 1 + reread
+    args = (
+        grad_out if has_grad_out else x,
+        x,
+        grad_x if grad_x is not None else x,
+        mean,
+        std,
+        target_mean if target_mean is not None else mean,
+        target_std if target_std is not None else std,
+        mix if mix is not None else mean,
+        grad_mean,
+        grad_std,
+        x.shape[1],
+        x.shape[2],
+        x.shape[3],
+        mean.shape[2],
+        mean.shape[3],
+        config.channel_blocks,
+        *x.stride(),
+    )
+    constexprs = dict(
+        ACC=tl_acc_dtype(x.dtype),
+        HAS_GRAD_OUT=has_grad_out,
+        HAS_MIX=mix is not None,
+        RELU=bool(relu),
+        COMPUTE_GRAD_X=grad_x is not None,
+        **config.constexprs(),
+    )
+    return [
+        LaunchPlan(
+            _style_mix_backward_kernel,
+            (config.programs,),
+            args,
+            constexprs,
+            config.num_warps,
+            bytes_moved=int(passes * inputs * nbytes(x))
+            + nbytes(grad_x, mean, std, target_mean, target_std, mix, grad_mean, grad_std),
+            bytes_per_step=config.tile_elements * x.element_size() * inputs,
         )
+    ]
 
 
 def patch_mean_std(x: torch.Tensor, grid_h: int, grid_w: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-patch mean and std of x ``(B, C, H, W)``: each ``(B, C, grid_h, grid_w)`` in the accumulation dtype."""
     x = _supported_layout(x)
     mean, std = _new_patch_params(x, grid_h, grid_w)
-    _launch_forward(x, None, mean, std, None, None, None, grid_h, grid_w, False, eps)
+    launch(plan_forward(x, None, mean, std, None, None, None, grid_h, grid_w, False, eps))
     return mean, std
 
 
@@ -517,7 +624,7 @@ def patch_mean_std_backward(
     """
     x = _supported_layout(x)
     grad_x = torch.empty_like(x)
-    _launch_backward(None, x, grad_x, mean, std, None, None, None, grad_mean, grad_std, False)
+    launch(plan_backward(None, x, grad_x, mean, std, None, None, None, grad_mean, grad_std, False))
     return grad_x
 
 
@@ -540,7 +647,7 @@ def local_style_mix(
     x = _supported_layout(x)
     out = torch.empty_like(x)
     mean, std = _new_patch_params(x, grid_h, grid_w)
-    _launch_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps)
+    launch(plan_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps))
     return out, mean, std
 
 
@@ -557,7 +664,7 @@ def local_style_mix_into(
 ) -> None:
     """local_style_mix writing into out (x's shape, strides and dtype); out may be x itself (in place)."""
     mean, std = _new_patch_params(x, grid_h, grid_w)
-    _launch_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps)
+    launch(plan_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps))
 
 
 def local_style_mix_backward(
@@ -581,7 +688,9 @@ def local_style_mix_backward(
     grad_out = _like_layout(grad_out, x)
     grad_x = torch.empty_like(x) if compute_grad_x else None
     grad_mixed_mean, grad_mixed_std = torch.empty_like(mean), torch.empty_like(mean)
-    _launch_backward(
-        grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mixed_mean, grad_mixed_std, relu
+    launch(
+        plan_backward(
+            grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mixed_mean, grad_mixed_std, relu
+        )
     )
     return (grad_x if compute_grad_x else x.new_empty(0)), grad_mixed_mean, grad_mixed_std

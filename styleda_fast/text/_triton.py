@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from styleda_fast._checks import acc_dtype
-from styleda_fast._triton_utils import tl_acc_dtype
+from styleda_fast._triton_utils import LaunchPlan, launch, nbytes, tl_acc_dtype
 from styleda_fast.text.reference import FEATURE_GROUPS, FEATURE_TAG, TEXT_TAG
 
 _NORMALIZE_EPS = 1e-12  # F.normalize
@@ -125,25 +125,26 @@ def noisy_text_projection(text: torch.Tensor, sigma: float, samples: int, seed: 
     norm = torch.empty((K, samples), dtype=acc_dtype(text.dtype), device=text.device)
     if out.numel() == 0:
         return out, norm.zero_()
+    launch(plan_noisy_text_projection(text, out, norm, sigma, seed, offset))
+    return out, norm
+
+
+def plan_noisy_text_projection(text, out, norm, sigma: float, seed: int, offset: int) -> list[LaunchPlan]:
+    """The launch writing ``out (K, S, D)`` and ``norm (K, S)`` from contiguous ``text (K, D)``."""
+    K, S, D = out.shape
     Q = (D + 3) // 4
     block_q = min(triton.next_power_of_2(Q), _MAX_TEXT_TILE)
-    _noisy_text_kernel[(K * samples,)](
-        text,
-        out,
-        norm,
-        samples,
-        D,
-        Q,
-        float(sigma),
-        seed,
-        offset,
-        TEXT_TAG,
-        tl_acc_dtype(text.dtype),
-        block_q,
-        Q <= block_q,
-        num_warps=4 if block_q >= 256 else 1,
+    one_tile = Q <= block_q
+    plan = LaunchPlan(
+        _noisy_text_kernel,
+        (K * S,),
+        (text, out, norm, S, D, Q, float(sigma), seed, offset),
+        dict(TAG=TEXT_TAG, ACC=tl_acc_dtype(text.dtype), BLOCK_Q=block_q, ONE_TILE=one_tile),
+        _vector_warps(block_q, text.element_size(), 4),
+        bytes_moved=(2 if one_tile else 4) * S * nbytes(text) + nbytes(out, norm),
+        bytes_per_step=4 * block_q * text.element_size(),
     )
-    return out, norm
+    return [plan]
 
 
 @triton.jit
@@ -193,20 +194,24 @@ def noisy_text_projection_backward(grad_out, text, out, norm):
     grad_text = torch.empty_like(text)
     if grad_text.numel() == 0:
         return grad_text
-    block_d = triton.next_power_of_2(D)
-    _noisy_text_backward_kernel[(K,)](
-        grad_out,
-        text,
-        out,
-        norm,
-        grad_text,
-        out.shape[1],
-        D,
-        tl_acc_dtype(text.dtype),
-        block_d,
-        num_warps=min(16, max(1, block_d // 256)),
-    )
+    launch(plan_noisy_text_projection_backward(grad_out, text, out, norm, grad_text))
     return grad_text
+
+
+def plan_noisy_text_projection_backward(grad_out, text, out, norm, grad_text) -> list[LaunchPlan]:
+    """The launch writing ``grad_text (K, D)`` (rows up to ``_MAX_BACKWARD_ROW``; all tensors contiguous)."""
+    K, S, D = out.shape
+    block_d = triton.next_power_of_2(D)
+    plan = LaunchPlan(
+        _noisy_text_backward_kernel,
+        (K,),
+        (grad_out, text, out, norm, grad_text, S, D),
+        dict(ACC=tl_acc_dtype(text.dtype), BLOCK_D=block_d),
+        min(16, max(1, block_d // 256)),
+        bytes_moved=nbytes(grad_out, text, out, norm, grad_text),
+        bytes_per_step=2 * block_d * text.element_size(),
+    )
+    return [plan]
 
 
 # ============================================ CLIP cosine loss ============================================
@@ -280,6 +285,16 @@ _ONE_PROGRAM_ELEMENTS = 1 << 16  # batches up to this many elements (64 rows of 
 _ROWS_PER_PROGRAM = 32
 
 
+# [BLOCK_R, BLOCK_D] tiles of z and t (4096 elements each): 8 warps keep the backward under 100 registers (4 warps:
+# 168 on sm_80, 12 warps/SM; gpu_report).
+_ROW_WARPS = 8
+
+
+def _vector_warps(length: int, element_size: int, most: int) -> int:
+    """Warps for 1-D tiles of ``length`` elements: as many as leave each thread one 128-bit vector or more."""
+    return max(1, min(most, length * element_size // (16 * 32)))
+
+
 def _row_blocks(D: int) -> tuple[int, int]:
     block_d = min(triton.next_power_of_2(D), 512)
     return max(1, min(16, 4096 // block_d)), block_d
@@ -289,19 +304,36 @@ def clip_cosine_loss(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Launcher: ``mean(1 - cos(image[b], text[b]))`` as a 0-dim tensor in the accumulation dtype."""
     image, text = image.contiguous(), text.contiguous()
     B, D = image.shape
-    acc = acc_dtype(image.dtype)
-    loss = torch.empty((), dtype=acc, device=image.device)
-    block_r, block_d = _row_blocks(D)
-    if B * D <= _ONE_PROGRAM_ELEMENTS:
-        _cosine_loss_kernel[(1,)](image, text, loss, loss, B, D, B, tl_acc_dtype(image.dtype), block_r, block_d, True)
-        return loss
-    programs = triton.cdiv(B, _ROWS_PER_PROGRAM)
-    partial = torch.empty(programs, dtype=acc, device=image.device)
-    _cosine_loss_kernel[(programs,)](
-        image, text, partial, loss, B, D, _ROWS_PER_PROGRAM, tl_acc_dtype(image.dtype), block_r, block_d, False
-    )
-    _sum_partials_kernel[(1,)](partial, loss, programs, B, tl_acc_dtype(image.dtype), 1024)
+    loss = torch.empty((), dtype=acc_dtype(image.dtype), device=image.device)
+    launch(plan_clip_cosine_loss(image, text, loss))
     return loss
+
+
+def plan_clip_cosine_loss(image, text, loss) -> list[LaunchPlan]:
+    """One launch when the whole batch fits one program, else partial sums and their fixed-order reduction."""
+    B, D = image.shape
+    acc = tl_acc_dtype(image.dtype)
+    block_r, block_d = _row_blocks(D)
+    constexprs = dict(ACC=acc, BLOCK_R=block_r, BLOCK_D=block_d)
+    traffic = dict(bytes_moved=nbytes(image, text), bytes_per_step=2 * block_r * block_d * image.element_size())
+    if B * D <= _ONE_PROGRAM_ELEMENTS:
+        args = (image, text, loss, loss, B, D, B)
+        return [LaunchPlan(_cosine_loss_kernel, (1,), args, dict(constexprs, FINAL=True), _ROW_WARPS, **traffic)]
+    programs = triton.cdiv(B, _ROWS_PER_PROGRAM)
+    partial = torch.empty(programs, dtype=loss.dtype, device=image.device)
+    args = (image, text, partial, loss, B, D, _ROWS_PER_PROGRAM)
+    return [
+        LaunchPlan(_cosine_loss_kernel, (programs,), args, dict(constexprs, FINAL=False), _ROW_WARPS, **traffic),
+        LaunchPlan(
+            _sum_partials_kernel,
+            (1,),
+            (partial, loss, programs, B),
+            dict(ACC=acc, BLOCK=1024),
+            4,
+            bytes_moved=nbytes(partial, loss),
+            bytes_per_step=nbytes(partial),
+        ),
+    ]
 
 
 @triton.jit
@@ -345,21 +377,24 @@ def clip_cosine_loss_backward(grad_loss, image, text, compute_grad_text: bool):
     grad_loss = grad_loss.reshape(()).to(acc_dtype(image.dtype))
     grad_image = torch.empty_like(image)
     grad_text = torch.empty_like(text) if compute_grad_text else text.new_empty(0)
-    block_r, block_d = _row_blocks(D)
-    _cosine_loss_backward_kernel[(triton.cdiv(B, block_r),)](
-        grad_loss,
-        image,
-        text,
-        grad_image,
-        grad_text if compute_grad_text else grad_image,
-        B,
-        D,
-        tl_acc_dtype(image.dtype),
-        block_r,
-        block_d,
-        compute_grad_text,
-    )
+    launch(plan_clip_cosine_loss_backward(grad_loss, image, text, grad_image, grad_text if compute_grad_text else None))
     return grad_image, grad_text
+
+
+def plan_clip_cosine_loss_backward(grad_loss, image, text, grad_image, grad_text) -> list[LaunchPlan]:
+    """The launch writing ``grad_image`` and, unless ``grad_text`` is None, ``grad_text`` (all ``(B, D)``)."""
+    B, D = image.shape
+    block_r, block_d = _row_blocks(D)
+    plan = LaunchPlan(
+        _cosine_loss_backward_kernel,
+        (triton.cdiv(B, block_r),),
+        (grad_loss, image, text, grad_image, grad_text if grad_text is not None else grad_image, B, D),
+        dict(ACC=tl_acc_dtype(image.dtype), BLOCK_R=block_r, BLOCK_D=block_d, GRAD_TEXT=grad_text is not None),
+        _ROW_WARPS,
+        bytes_moved=2 * nbytes(image, text) + nbytes(grad_image, grad_text),
+        bytes_per_step=2 * block_r * block_d * image.element_size(),
+    )
+    return [plan]
 
 
 # ============================================ noisy style features ============================================
@@ -421,28 +456,27 @@ def noisy_style_features(xn, mean, std, feature_noise: float, seed: int, offset:
         raise ValueError(f"offset must be in [0, 2^32), got {offset}")
     xn = xn.contiguous()
     out = torch.empty_like(xn)
-    N = xn.numel()
-    if N == 0:
+    if xn.numel() == 0:
         return out
+    launch(plan_noisy_style_features(xn, out, mean, std, feature_noise, seed, offset))
+    return out
+
+
+def plan_noisy_style_features(xn, out, mean, std, feature_noise: float, seed: int, offset: int) -> list[LaunchPlan]:
+    """The launch writing ``out`` (xn's shape) from contiguous ``xn (B, C, ...)`` and ``mean``/``std`` ``(B, C)``."""
+    N = xn.numel()
     HW = N // (xn.shape[0] * xn.shape[1])
     L = FEATURE_GROUPS
-    _noisy_style_kernel[(triton.cdiv(N, 4 * L),)](
-        xn,
-        out,
-        mean,
-        std,
-        N,
-        HW,
-        float(feature_noise),
-        seed,
-        offset,
-        FEATURE_TAG,
-        tl_acc_dtype(xn.dtype),
-        L,
-        feature_noise != 0,
-        num_warps=4,
+    plan = LaunchPlan(
+        _noisy_style_kernel,
+        (triton.cdiv(N, 4 * L),),
+        (xn, out, mean, std, N, HW, float(feature_noise), seed, offset),
+        dict(TAG=FEATURE_TAG, ACC=tl_acc_dtype(xn.dtype), L=L, NOISE=feature_noise != 0),
+        _vector_warps(L, xn.element_size(), 4),
+        bytes_moved=nbytes(xn, out),
+        bytes_per_step=4 * L * xn.element_size(),
     )
-    return out
+    return [plan]
 
 
 @triton.jit
@@ -486,20 +520,26 @@ def noisy_style_features_backward(grad_out, xn, mean, std, compute_grad_xn: bool
     grad_xn = torch.empty_like(xn) if compute_grad_xn else xn.new_empty(0)
     if planes == 0:
         return grad_xn, grad_mean, grad_std
-    HW = xn.numel() // planes
-    block = min(triton.next_power_of_2(max(HW, 1)), 2048)
-    _noisy_style_backward_kernel[(planes,)](
-        grad_out,
-        xn,
-        mean,
-        std,
-        grad_xn if compute_grad_xn else grad_out,
-        grad_mean,
-        grad_std,
-        HW,
-        tl_acc_dtype(xn.dtype),
-        block,
-        compute_grad_xn,
-        num_warps=4 if block >= 512 else 1,
+    launch(
+        plan_noisy_style_features_backward(
+            grad_out, xn, mean, std, grad_xn if compute_grad_xn else None, grad_mean, grad_std
+        )
     )
     return grad_xn, grad_mean, grad_std
+
+
+def plan_noisy_style_features_backward(grad_out, xn, mean, std, grad_xn, grad_mean, grad_std) -> list[LaunchPlan]:
+    """One program per (b, c) plane; ``grad_xn`` None skips it. All tensors contiguous."""
+    planes = xn.shape[0] * xn.shape[1]
+    HW = xn.numel() // planes
+    block = min(triton.next_power_of_2(max(HW, 1)), 2048)
+    plan = LaunchPlan(
+        _noisy_style_backward_kernel,
+        (planes,),
+        (grad_out, xn, mean, std, grad_xn if grad_xn is not None else grad_out, grad_mean, grad_std, HW),
+        dict(ACC=tl_acc_dtype(xn.dtype), BLOCK=block, GRAD_X=grad_xn is not None),
+        4 if block >= 512 else 1,
+        bytes_moved=nbytes(grad_out, xn, grad_xn, mean, std, grad_mean, grad_std),
+        bytes_per_step=2 * block * xn.element_size(),
+    )
+    return [plan]
