@@ -7,6 +7,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gpu-report"]:  # its own options (see `styleda-fast gpu-report --help`)
+        from styleda_fast.gpu_report import main as gpu_report
+
+        return gpu_report(argv[1:])
     parser = argparse.ArgumentParser(
         prog="styleda-fast",
         description="Benchmark the fused PODA/FAMix style operations, list the backends, or mine a style bank.",
@@ -25,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         "--family", action="append", help="only these families (repeatable): style_mix, famix_step, class_stats, ..."
     )
     sub.add_parser("backends", help="which backends run on this machine")
+    sub.add_parser(
+        "gpu-report",
+        add_help=False,
+        help="compile the Triton kernels for sm_80/sm_90 (no GPU needed): registers, spills, occupancy, vector width",
+    )
     from styleda_fast.mine_command import add_arguments
 
     add_arguments(sub.add_parser("mine", help="mine styles from a folder of images into a StyleBank"))
