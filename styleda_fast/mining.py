@@ -256,6 +256,7 @@ class ClipViTImageTail(nn.Module):
     def __init__(self, visual: nn.Module, split_block: int):
         super().__init__()
         self.blocks = nn.ModuleList(list(visual.transformer.resblocks)[split_block:])
+        self.channels = visual.conv1.out_channels  # the token width C
         self.batch_first = getattr(visual.transformer, "batch_first", True)
         self.ln_post = visual.ln_post
         self.attn_pool = getattr(visual, "attn_pool", None)
