@@ -7,6 +7,8 @@
 //  * NCHW: one task per (image, channel, row of patches). Its rows (192 rows of 64 floats = 48 KB at the FAMix
 //    shape, grid 3) stay in L1/L2 between the statistics passes and the output pass.
 //  * channels_last (NHWC): one task per (image, patch, block of up to 256 channels), whose data lives in L2/L3.
+// Either layout may have any batch stride (each image's elements dense, images further apart): a ViT's patch
+// tokens seen as a (B, C, h, w) grid are read and written in place, the prefix tokens between the images untouched.
 // Statistics are two-pass (mean, then centered squares) over the cached data. Each run of a row is summed
 // in the accumulation type with SIMD lanes and added to a double, so long patches lose no precision.
 #include <ATen/ATen.h>
@@ -45,11 +47,46 @@ struct PatchGrid {
 
 enum class Layout { kNCHW, kNHWC };
 
-Layout layout_of(const at::Tensor& x) {
-  if (x.is_contiguous()) return Layout::kNCHW;
-  TORCH_CHECK_VALUE(x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "styleda_fast: x must be contiguous or channels_last contiguous");
-  return Layout::kNHWC;
+// Where each image's elements are: its (C, H, W) elements dense in NCHW or NHWC order, images batch_stride
+// elements apart (batch_stride >= C*H*W). Dense NCHW / channels_last tensors have batch_stride = C*H*W; the
+// patch tokens of a ViT seen as a (B, C, h, w) grid (styleda_fast.tokens_as_grid) are NHWC with a batch stride
+// of (prefix + h*w) * C: the prefix tokens (class token, registers) lie between the images and are never touched.
+struct MemoryLayout {
+  Layout inner;
+  int64_t batch_stride;
+};
+
+// Whether t's strides fit (C, H, W) elements dense in the given order; strides of size-1 dims do not matter.
+bool inner_dense(const at::Tensor& t, Layout layout) {
+  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
+  auto fits = [&](int64_t dim, int64_t stride) { return t.size(dim) == 1 || t.stride(dim) == stride; };
+  if (layout == Layout::kNCHW) return fits(3, 1) && fits(2, W) && fits(1, H * W);
+  return fits(1, 1) && fits(3, C) && fits(2, W * C);
+}
+
+// t's layout, or nullopt when the kernels cannot address it directly (then it is copied to NCHW). NCHW wins when
+// t is both (C == 1, or H == W == 1): the two address the same elements alike.
+c10::optional<MemoryLayout> memory_layout(const at::Tensor& t) {
+  if (t.dim() != 4) return c10::nullopt;
+  const int64_t image = t.size(1) * t.size(2) * t.size(3);
+  // A single image may have any batch stride (it means nothing); several must not overlap or run backwards.
+  const int64_t batch_stride = t.stride(0) >= image ? t.stride(0) : t.size(0) == 1 ? image : -1;
+  if (batch_stride < 0) return c10::nullopt;
+  for (Layout layout : {Layout::kNCHW, Layout::kNHWC})
+    if (inner_dense(t, layout)) return MemoryLayout{layout, batch_stride};
+  return c10::nullopt;
+}
+
+// x itself when the kernels address it directly, else an NCHW-contiguous copy.
+at::Tensor kernel_input(const at::Tensor& x) { return memory_layout(x).has_value() ? x : x.contiguous(); }
+
+MemoryLayout layout_of(const at::Tensor& x) {
+  const auto layout = memory_layout(x);
+  TORCH_CHECK_VALUE(layout.has_value(),
+                    "styleda_fast: x must hold each image's (C, H, W) elements densely, in NCHW or channels_last "
+                    "order (any batch stride >= C*H*W), got strides ",
+                    x.strides());
+  return *layout;
 }
 
 void check_grid(const at::Tensor& x, int64_t gh, int64_t gw) {
@@ -158,7 +195,9 @@ int64_t channel_block(const PatchGrid& g) {
   return block;
 }
 
-// Calls run(task, param, count) for every task of x's layout, in parallel.
+// Calls run(task, image, param, count, scratch) for every task of x's layout, in parallel. The task's row
+// offsets are relative to the first element of its image, so each tensor of a call (x, out, grad_out, grad_x)
+// can have its own batch stride: the caller adds image * batch_stride of that tensor.
 // NCHW task: (b, c, patch-row i); NHWC task: (b, patch (i, j), block of channels).
 template <typename T, typename Run>
 void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
@@ -170,14 +209,14 @@ void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
       Scratch<acc_t<T>> scratch;
       std::vector<int64_t> param(g.grid_w), count(g.grid_w);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t i = task % g.grid_h, bc = task / g.grid_h;
+        const int64_t i = task % g.grid_h, bc = task / g.grid_h, b = bc / g.channels, c = bc % g.channels;
         for (int64_t j = 0; j < g.grid_w; ++j) param[j] = (bc * g.grid_h + i) * g.grid_w + j, count[j] = g.count(i, j);
-        const int64_t base = bc * g.height * g.width + g.rows[i] * g.width, width = g.width;
+        const int64_t base = c * g.height * g.width + g.rows[i] * g.width, width = g.width;
         auto row_offset = [base, width](int64_t r) { return base + r * width; };
         auto patch_of = [&col_patch](int64_t k) { return col_patch[k]; };
         Task<decltype(row_offset), decltype(patch_of)> t{g.rows[i + 1] - g.rows[i], g.width, g.grid_w, row_offset,
                                                             patch_of};
-        run(t, param, count, scratch);
+        run(t, b, param, count, scratch);
       }
     });
   } else {
@@ -192,15 +231,14 @@ void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
         param.resize(nc);
         count.assign(nc, g.count(i, j));
         for (int64_t k = 0; k < nc; ++k) param[k] = param_index(g, b, c0 + k, i, j);
-        offsets.clear();  // offset of each pixel of the patch, computed once for the task's passes
+        offsets.clear();  // offset of each pixel of the patch in its image, computed once for the task's passes
         for (int64_t h = g.rows[i]; h < g.rows[i + 1]; ++h)
-          for (int64_t w = g.cols[j]; w < g.cols[j + 1]; ++w)
-            offsets.push_back(((b * g.height + h) * g.width + w) * g.channels + c0);
+          for (int64_t w = g.cols[j]; w < g.cols[j + 1]; ++w) offsets.push_back((h * g.width + w) * g.channels + c0);
         const int64_t* pixel_offset = offsets.data();
         auto row_offset = [pixel_offset](int64_t r) { return pixel_offset[r]; };
         auto patch_of = [](int64_t k) { return k; };
         Task<decltype(row_offset), decltype(patch_of)> t{g.count(i, j), nc, nc, row_offset, patch_of};
-        run(t, param, count, scratch);
+        run(t, b, param, count, scratch);
       }
     });
   }
@@ -208,26 +246,35 @@ void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
 
 // ===================================== operator entry points =====================================
 
-// A fresh output of x's size and strides. Large ones are backed by transparent huge pages where the OS offers
-// them: first-touch page faults on 4 KB pages cost more than the whole kernel (300 MB at the FAMix shape:
-// ~60 ms of faults against ~20 ms of work on 2 cores). STYLEDA_FAST_HUGE_PAGES=0 turns this off.
+// A fresh output with x's sizes and exact strides. When x's images are further apart than C*H*W elements (a
+// token grid), the buffer holds B * batch_stride elements and the output starts batch_stride - C*H*W elements
+// into it, so its gaps sit where x's are (a token grid's output holds room for the prefix tokens before each
+// image, which styleda_fast.grid_as_tokens can fill; the kernels leave the gaps unwritten).
+// Large buffers are backed by transparent huge pages where the OS offers them: first-touch page faults on 4 KB
+// pages cost more than the whole kernel (300 MB at the FAMix shape: ~60 ms of faults against ~20 ms of work on
+// 2 cores). STYLEDA_FAST_HUGE_PAGES=0 turns this off.
 at::Tensor empty_output_like(const at::Tensor& x) {
+  const MemoryLayout layout = layout_of(x);
+  const int64_t image = x.size(1) * x.size(2) * x.size(3);
+  const int64_t elements = x.size(0) * layout.batch_stride, offset = layout.batch_stride - image;
 #ifdef __linux__
   static const bool enabled = [] {
     const char* env = std::getenv("STYLEDA_FAST_HUGE_PAGES");
     return env == nullptr || std::string(env) != "0";
   }();
   constexpr size_t kHugePage = size_t(2) << 20;
-  const size_t nbytes = size_t(x.numel()) * x.element_size();
+  const size_t nbytes = size_t(elements) * x.element_size();
   if (enabled && nbytes >= 4 * kHugePage) {
     const size_t size = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
     if (void* data = std::aligned_alloc(kHugePage, size)) {
       madvise(data, size, MADV_HUGEPAGE);  // advisory: ignored where THP is off
-      return at::from_blob(data, x.sizes(), x.strides(), [](void* p) { std::free(p); }, x.options());
+      at::Tensor buffer = at::from_blob(data, {elements}, [](void* p) { std::free(p); }, x.options());
+      return buffer.as_strided(x.sizes(), x.strides(), offset);
     }
   }
 #endif
-  return at::empty_like(x);
+  if (offset == 0 && layout.batch_stride * x.size(0) == x.numel()) return at::empty_strided(x.sizes(), x.strides(), x.options());
+  return at::empty({elements}, x.options()).as_strided(x.sizes(), x.strides(), offset);
 }
 
 void check_input(const at::Tensor& x) { check_cpu_float(x, "x"); }
@@ -247,32 +294,49 @@ PatchParams<A> patch_params(const at::Tensor& mean, const at::Tensor& std, const
   return prm;
 }
 
-// Runs the forward (statistics always; output when out is given) into mean/std.
+// A tensor's first element and batch stride; elements of image b start at data + b * batch_stride.
+template <typename T>
+struct Images {
+  T* data = nullptr;
+  int64_t batch_stride = 0;
+  T* image(int64_t b) const { return data == nullptr ? nullptr : data + b * batch_stride; }
+};
+
+template <typename T>
+Images<T> images_of(const at::Tensor* t) {
+  if (t == nullptr) return {};
+  return {static_cast<T*>(t->data_ptr()), layout_of(*t).batch_stride};
+}
+
+// Runs the forward (statistics always; output when out is given) into mean/std. out has x's inner layout.
 void run_forward(const at::Tensor& x_in, at::Tensor* out, const PatchGrid& g, double eps, bool relu,
                  const at::Tensor& mean, const at::Tensor& std, const at::Tensor* target_mean,
                  const at::Tensor* target_std, const c10::optional<at::Tensor>& mix) {
-  const Layout layout = layout_of(x_in);
+  const Layout layout = layout_of(x_in).inner;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "styleda_fast_forward", [&] {
     using A = acc_t<scalar_t>;
     const PatchParams<A> prm = patch_params<A>(mean, std, target_mean, target_std, mix);
-    const scalar_t* x = x_in.const_data_ptr<scalar_t>();
-    scalar_t* out_data = out ? out->data_ptr<scalar_t>() : nullptr;
-    for_each_task<scalar_t>(layout, g, [&](const auto& t, const auto& param, const auto& count, Scratch<A>& scratch) {
+    const Images<scalar_t> x = images_of<scalar_t>(&x_in), y = images_of<scalar_t>(out);
+    for_each_task<scalar_t>(layout, g, [&](const auto& t, int64_t b, const auto& param, const auto& count,
+                                           Scratch<A>& scratch) {
 #ifdef STYLEDA_FAST_HAVE_AVX2_KERNELS
-      if (use_avx2()) return avx2::forward_task(x, out_data, t, param, count, eps, relu, prm, scratch);
+      if (use_avx2()) return avx2::forward_task<scalar_t>(x.image(b), y.image(b), t, param, count, eps, relu, prm, scratch);
 #endif
-      generic::forward_task(x, out_data, t, param, count, eps, relu, prm, scratch);
+      generic::forward_task<scalar_t>(x.image(b), y.image(b), t, param, count, eps, relu, prm, scratch);
     });
   });
+}
+
+at::Tensor patch_stats_like(const PatchGrid& g, const at::Tensor& x) {
+  return at::empty({g.batch, g.channels, g.grid_h, g.grid_w}, x.options().dtype(acc_dtype(x)));
 }
 
 std::tuple<at::Tensor, at::Tensor> patch_mean_std_cpu(const at::Tensor& x_in, int64_t gh, int64_t gw, double eps) {
   check_input(x_in);
   check_grid(x_in, gh, gw);
-  const at::Tensor x = x_in.is_contiguous(at::MemoryFormat::ChannelsLast) ? x_in : x_in.contiguous();
+  const at::Tensor x = kernel_input(x_in);
   const PatchGrid g(x, gh, gw);
-  auto opts = x.options().dtype(acc_dtype(x));
-  at::Tensor mean = at::empty({g.batch, g.channels, gh, gw}, opts), std = at::empty_like(mean);
+  at::Tensor mean = patch_stats_like(g, x), std = at::empty_like(mean);
   run_forward(x, nullptr, g, eps, false, mean, std, nullptr, nullptr, c10::nullopt);
   return {mean, std};
 }
@@ -291,14 +355,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_style_mix_cpu(const at::Ten
                                                                    int64_t gw, bool relu, double eps) {
   check_input(x_in);
   check_grid(x_in, gh, gw);
-  const at::Tensor x = x_in.is_contiguous(at::MemoryFormat::ChannelsLast) ? x_in : x_in.contiguous();
+  const at::Tensor x = kernel_input(x_in);
   const PatchGrid g(x, gh, gw);
   check_style_args(g, acc_dtype(x), target_mean, target_std, mix);
   at::Tensor out = empty_output_like(x);
-  auto opts = x.options().dtype(acc_dtype(x));
-  at::Tensor mean = at::empty({g.batch, g.channels, gh, gw}, opts), std = at::empty_like(mean);
+  at::Tensor mean = patch_stats_like(g, x), std = at::empty_like(mean);
   run_forward(x, &out, g, eps, relu, mean, std, &target_mean, &target_std, mix);
   return {out, mean, std};
+}
+
+// Whether t can be read or written with x's layout: the same inner order, any batch stride.
+bool same_inner_layout(const at::Tensor& t, const at::Tensor& x) {
+  const auto lt = memory_layout(t), lx = memory_layout(x);
+  return lt.has_value() && lx.has_value() && lt->inner == lx->inner;
 }
 
 void local_style_mix_into_cpu(const at::Tensor& x, const at::Tensor& target_mean, const at::Tensor& target_std,
@@ -307,51 +376,56 @@ void local_style_mix_into_cpu(const at::Tensor& x, const at::Tensor& target_mean
   check_input(x);
   check_grid(x, gh, gw);
   layout_of(x);
-  TORCH_CHECK_VALUE(out.sizes() == x.sizes() && out.strides() == x.strides() && out.scalar_type() == x.scalar_type() &&
-                  out.device() == x.device(),
-              "styleda_fast: out must have x's shape, strides, dtype and device");
+  TORCH_CHECK_VALUE(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() && out.device() == x.device(),
+                    "styleda_fast: out must have x's shape, dtype and device");
+  TORCH_CHECK_VALUE(same_inner_layout(out, x),
+                    "styleda_fast: out must hold each image densely in x's order (NCHW or channels_last; any batch "
+                    "stride), got strides ",
+                    out.strides(), " for x's ", x.strides());
   const PatchGrid g(x, gh, gw);
   check_style_args(g, acc_dtype(x), target_mean, target_std, mix);
-  auto opts = x.options().dtype(acc_dtype(x));
-  at::Tensor mean = at::empty({g.batch, g.channels, gh, gw}, opts), std = at::empty_like(mean);
+  at::Tensor mean = patch_stats_like(g, x), std = at::empty_like(mean);
   run_forward(x, &out, g, eps, relu, mean, std, &target_mean, &target_std, mix);
 }
 
 // grad_out is given: local_style_mix backward. grad_out absent: patch_mean_std backward, with the incoming
-// gradients of mean and std passed in grad_mixed_mean / grad_mixed_std.
-void run_backward(const at::Tensor* grad_out, const at::Tensor& x, at::Tensor* grad_x, const PatchGrid& g, bool relu,
-                  const at::Tensor& mean, const at::Tensor& std, const at::Tensor* target_mean,
+// gradients of mean and std passed in grad_mixed_mean / grad_mixed_std. grad_out and grad_x have x's inner layout.
+void run_backward(const at::Tensor* grad_out, const at::Tensor& x_in, at::Tensor* grad_x, const PatchGrid& g,
+                  bool relu, const at::Tensor& mean, const at::Tensor& std, const at::Tensor* target_mean,
                   const at::Tensor* target_std, const c10::optional<at::Tensor>& mix, const at::Tensor& grad_mixed_mean,
                   const at::Tensor& grad_mixed_std) {
-  const Layout layout = layout_of(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "styleda_fast_backward", [&] {
+  const Layout layout = layout_of(x_in).inner;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "styleda_fast_backward", [&] {
     using A = acc_t<scalar_t>;
     PatchParams<A> prm = patch_params<A>(mean, std, target_mean, target_std, mix);
     prm.grad_mixed_mean = grad_mixed_mean.data_ptr<A>();
     prm.grad_mixed_std = grad_mixed_std.data_ptr<A>();
-    const scalar_t* dy = grad_out ? grad_out->const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* dx = grad_x ? grad_x->data_ptr<scalar_t>() : nullptr;
-    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    for_each_task<scalar_t>(layout, g, [&](const auto& t, const auto& param, const auto& count, Scratch<A>& scratch) {
+    const Images<scalar_t> x = images_of<scalar_t>(&x_in), dy = images_of<scalar_t>(grad_out),
+                           dx = images_of<scalar_t>(grad_x);
+    for_each_task<scalar_t>(layout, g, [&](const auto& t, int64_t b, const auto& param, const auto& count,
+                                           Scratch<A>& scratch) {
 #ifdef STYLEDA_FAST_HAVE_AVX2_KERNELS
-      if (use_avx2()) return avx2::backward_task(x_data, dy, dx, t, param, count, relu, prm, scratch);
+      if (use_avx2())
+        return avx2::backward_task<scalar_t>(x.image(b), dy.image(b), dx.image(b), t, param, count, relu, prm,
+                                             scratch);
 #endif
-      generic::backward_task(x_data, dy, dx, t, param, count, relu, prm, scratch);
+      generic::backward_task<scalar_t>(x.image(b), dy.image(b), dx.image(b), t, param, count, relu, prm, scratch);
     });
   });
 }
 
-// Brings x to NCHW or channels_last contiguity, and t to the same strides as x.
+// t itself when the kernels can read it with x's layout (same inner order; its own batch stride), else a copy
+// with x's exact strides.
 at::Tensor like_layout(const at::Tensor& t, const at::Tensor& x) {
-  if (t.strides() == x.strides()) return t;
-  return x.is_contiguous() ? t.contiguous() : t.contiguous(at::MemoryFormat::ChannelsLast);
+  if (same_inner_layout(t, x)) return t;
+  return empty_output_like(x).copy_(t);
 }
 
 at::Tensor patch_mean_std_backward_cpu(const at::Tensor& grad_mean, const at::Tensor& grad_std, const at::Tensor& x_in,
                                        const at::Tensor& mean, const at::Tensor& std) {
   check_input(x_in);
   check_grid(x_in, mean.size(2), mean.size(3));
-  const at::Tensor x = x_in.is_contiguous(at::MemoryFormat::ChannelsLast) ? x_in : x_in.contiguous();
+  const at::Tensor x = kernel_input(x_in);
   const PatchGrid g(x, mean.size(2), mean.size(3));
   const auto acc = acc_dtype(x);
   check_patch_param(mean, "mean", g, acc);
@@ -371,7 +445,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_style_mix_backward_cpu(
   check_grid(x_in, mean.size(2), mean.size(3));
   TORCH_CHECK_VALUE(grad_out_in.sizes() == x_in.sizes() && grad_out_in.scalar_type() == x_in.scalar_type(),
               "styleda_fast: grad_out must have x's shape and dtype");
-  const at::Tensor x = x_in.is_contiguous(at::MemoryFormat::ChannelsLast) ? x_in : x_in.contiguous();
+  const at::Tensor x = kernel_input(x_in);
   const at::Tensor grad_out = like_layout(grad_out_in, x);
   const PatchGrid g(x, mean.size(2), mean.size(3));
   const auto acc = acc_dtype(x);

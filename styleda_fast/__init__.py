@@ -12,6 +12,7 @@ from styleda_fast.prompts import CITYSCAPES_CLASSES, FAMIX_STYLES, IMAGENET_TEMP
 from styleda_fast.style_bank import StyleBank
 from styleda_fast.style_mix import local_style_mix, patch_bounds, patch_mean_std
 from styleda_fast.text import clip_cosine_loss, encode_prompts, noisy_style_features, noisy_text_projection
+from styleda_fast.tokens import grid_as_tokens, grid_prefix, tokens_as_grid
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,8 @@ __all__ = [
     "clip_cosine_loss",
     "encode_prompts",
     "famix_descriptions",
+    "grid_as_tokens",
+    "grid_prefix",
     "labels_to_size",
     "local_style_mix",
     "noisy_style_features",
@@ -33,5 +36,6 @@ __all__ = [
     "patch_bounds",
     "patch_dominant_class",
     "patch_mean_std",
+    "tokens_as_grid",
     "use_backend",
 ]

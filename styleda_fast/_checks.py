@@ -191,6 +191,65 @@ def dense_layout(x: Tensor) -> Tensor:
     return x.contiguous()
 
 
+def _inner_dense(x: Tensor, order: str) -> bool:
+    """Whether each image's ``(C, H, W)`` elements are dense in ``order`` (strides of size-1 dims do not matter)."""
+    _, C, H, W = x.shape
+    want = {"nchw": (H * W, W, 1), "nhwc": (1, W * C, C)}[order]
+    return all(size == 1 or stride == w for size, stride, w in zip(x.shape[1:], x.stride()[1:], want))
+
+
+def batch_strided_layout(x: Tensor) -> tuple[str, int] | None:
+    """``(order, batch_stride)`` when the style-mix kernels address ``x`` directly, else None.
+
+    ``order`` is ``"nchw"`` or ``"nhwc"``: each image's ``(C, H, W)`` elements are dense in that order, and images
+    are ``batch_stride >= C*H*W`` elements apart. Dense NCHW and channels_last tensors have ``batch_stride =
+    C*H*W``; a ViT's patch tokens seen as a grid (:func:`styleda_fast.tokens_as_grid`) are ``"nhwc"`` with
+    ``batch_stride = (prefix + h*w) * C``. NCHW wins when both orders fit (``C == 1`` or ``H == W == 1``), as in
+    the C++ kernels (``csrc/style_mix_cpu.cpp``, ``memory_layout``).
+    """
+    if x.dim() != 4:
+        return None
+    image = x.shape[1] * x.shape[2] * x.shape[3]
+    stride_b = x.stride(0) if x.stride(0) >= image else image if x.shape[0] == 1 else -1
+    if stride_b < 0:
+        return None
+    for order in ("nchw", "nhwc"):
+        if _inner_dense(x, order):
+            return order, stride_b
+    return None
+
+
+def kernel_layout(x: Tensor) -> Tensor:
+    """``x`` itself if the style-mix kernels address it directly (:func:`batch_strided_layout`: NCHW or
+    channels_last images, any batch stride), else an NCHW-contiguous copy (what the C++ kernels make of it)."""
+    return x if batch_strided_layout(x) is not None else x.contiguous()
+
+
+def plain_dense_layout(x: Tensor) -> Tensor:
+    """``x`` in its own order with images exactly ``C*H*W`` apart: itself when it already is, else a copy
+    (channels_last for channels-last images such as a token grid, NCHW otherwise). The Triton launchers take
+    only such tensors."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    layout = batch_strided_layout(x)
+    if layout is not None and layout[0] == "nhwc":
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous()
+
+
+def kernel_output_geometry(x: Tensor) -> tuple[tuple[int, ...], int, int]:
+    """``(strides, storage_offset, storage_elements)`` of a fresh output of the C++ style-mix kernels for input
+    ``x`` (the fake kernels report these): x's own strides when they address it directly, in a buffer of
+    ``B * batch_stride`` elements that the output ends (so a token grid's output has room for the prefix tokens
+    before each image); else those of the NCHW copy they make."""
+    B, C, H, W = x.shape
+    layout = batch_strided_layout(x)
+    if layout is None:
+        return (C * H * W, H * W, W, 1), 0, B * C * H * W
+    stride_b = layout[1]
+    return tuple(x.stride()), stride_b - C * H * W, B * stride_b
+
+
 def per_item(value, name: str, B: int, C: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """``(C,)``, ``(B, C)`` or ``(B, C, 1, 1)`` (or anything broadcasting to ``(B, C)``) -> contiguous ``(B, C)``."""
     check_float_tensor(value, name)

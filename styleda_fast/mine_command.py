@@ -112,7 +112,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--clip-model",
         default="RN50",
         metavar="NAME",
-        help="open_clip ModifiedResNet: RN50, RN101, RN50x4, ... (a *-quickgelu name for OpenAI weights as a PATH)",
+        help="open_clip ModifiedResNet (RN50, RN101, RN50x4, ...) or VisionTransformer (ViT-B-16, ... with "
+        "--split-block) (a *-quickgelu name for OpenAI weights as a PATH)",
+    )
+    add(
+        "--split-block",
+        type=int,
+        metavar="K",
+        help="ViT models: mine on the tokens after the first K transformer blocks (0: after the patch embedding and "
+        "ln_pre); the synthesized tokens use no ReLU (default: none; required for a ViT)",
     )
     add(
         "--clip-weights",
@@ -139,7 +147,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--templates", type=int, metavar="N", help="use the first N ImageNet prompt templates (default: all 80)")
     add("--feature-noise", type=float, default=0.0, metavar="SIGMA", help="noise std on the synthesized features")
-    add("--pool-to", type=int, default=56, metavar="N", help="pool layer1 features to N x N (0: no pooling)")
+    add(
+        "--pool-to",
+        type=int,
+        default=56,
+        metavar="N",
+        help="ResNet models: pool layer1 features to N x N (0: no pooling)",
+    )
     add("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     add("--max-chunks", type=int, metavar="N", help="stop after N chunks; rerun to continue (default: all)")
     add(
@@ -174,7 +188,7 @@ def _check_numbers(args) -> None:
 
     limits = {"steps": (0, None), "batch_size": (1, None), "grid": (1, None), "crop": (1, None),
               "templates": (1, len(IMAGENET_TEMPLATES)), "pool_to": (0, None), "max_chunks": (0, None),
-              "seed": (0, 2**63 - 1)}  # fmt: skip
+              "seed": (0, 2**63 - 1), "split_block": (0, None)}  # fmt: skip
     for name, (low, high) in limits.items():
         value = getattr(args, name)
         if value is None:
@@ -205,18 +219,50 @@ def _check_device(device_arg: str | None) -> str:
     return device_arg
 
 
-def _check_clip_model(name: str) -> None:
+def _check_clip_model(name: str, split_block: int | None = None) -> None:
+    """A ModifiedResNet (no --split-block) or a plain VisionTransformer (--split-block K in [0, layers])."""
     import open_clip
 
     models = open_clip.list_models()
     if name not in models:
         close = difflib.get_close_matches(name, models, n=4, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; e.g. RN50, RN101, RN50x4"
+        hint = f"; did you mean {', '.join(close)}?" if close else "; e.g. RN50, RN101, RN50x4, ViT-B-16"
         raise MineError(f"--clip-model {name}: no such open_clip model{hint}")
-    layers = (open_clip.get_model_config(name) or {}).get("vision_cfg", {}).get("layers")
-    if not isinstance(layers, (list, tuple)):
+    config = open_clip.get_model_config(name) or {}
+    vision = config.get("vision_cfg", {})
+    layers = vision.get("layers")
+    if isinstance(layers, (list, tuple)):
+        if split_block is not None:
+            raise MineError(f"--split-block is for ViT models; {name} is a ModifiedResNet (mined after layer1)")
+        return
+    if not _is_plain_vit(config):
         resnets = [m for m in models if isinstance(open_clip.get_model_config(m)["vision_cfg"].get("layers"), list)]
-        raise MineError(f"--clip-model {name} is not a ModifiedResNet; use one of {', '.join(resnets)}")
+        raise MineError(
+            f"--clip-model {name} is neither a ModifiedResNet nor a plain open_clip VisionTransformer (timm and "
+            f"Hugging Face towers are not supported); use a ViT such as ViT-B-16, or one of {', '.join(resnets)}"
+        )
+    if split_block is None:
+        raise MineError(f"--clip-model {name} is a ViT: give --split-block K (0..{layers}), blocks before the split")
+    if split_block > layers:
+        raise MineError(f"--split-block {split_block}: {name} has {layers} transformer blocks (use 0..{layers})")
+
+
+def _is_plain_vit(config: dict) -> bool:
+    vision = config.get("vision_cfg", {})
+    return (
+        isinstance(vision.get("layers"), int) and not vision.get("timm_model_name") and not vision.get("hf_model_name")
+    )
+
+
+def _patch_size(name: str) -> int | None:
+    """A ViT's patch size (None for a ModifiedResNet)."""
+    import open_clip
+
+    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+    if isinstance(vision.get("layers"), (list, tuple)):
+        return None
+    patch = vision.get("patch_size", 16)
+    return patch[0] if isinstance(patch, (list, tuple)) else patch
 
 
 def _cached_openai_weights(name: str) -> tuple[str | None, str, dict]:
@@ -443,8 +489,11 @@ def _hw(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-def _feature_side(n: int) -> int:
-    """Side of a ModifiedResNet's layer1 features for an image side ``n`` (stride-2 convolution, then 2x2 pool)."""
+def _feature_side(n: int, patch: int | None = None) -> int:
+    """Side of the features for an image side ``n``: a ModifiedResNet's layer1 (stride-2 convolution, then 2x2
+    pool), or a ViT's patch grid (``patch``: its patch size)."""
+    if patch is not None:
+        return n // patch
     return ((n - 1) // 2 + 1) // 2
 
 
@@ -463,16 +512,19 @@ def _check_chunk_sizes(files: _Files, args) -> None:
         if known:
             shapes.add((args.crop, args.crop) if args.crop is not None else known[0][1])
     smallest = min((min(s) for s in shapes), default=0)
+    patch = _patch_size(args.clip_model)
+    stride = patch or 4
     for h, w in sorted(shapes):
-        fh, fw = _feature_side(h), _feature_side(w)
+        fh, fw = _feature_side(h, patch), _feature_side(w, patch)
         if fh < 1 or fw < 1:
-            raise MineError(f"images of {h}x{w} are too small: the CLIP stem needs a side of at least 3 pixels")
+            need = f"{patch} pixels (the patch size)" if patch else "3 pixels"
+            raise MineError(f"images of {h}x{w} are too small: the CLIP stem needs a side of at least {need}")
         if args.mode == "patch" and (fh % args.grid or fw % args.grid):
-            crop = smallest // 4 // args.grid * args.grid * 4  # feature side crop / 4, a multiple of the grid
+            crop = smallest // stride // args.grid * args.grid * stride  # a feature side that is a multiple of the grid
             hint = f", e.g. --crop {crop}" if crop else f"; the images are too small for --grid {args.grid}"
             raise MineError(
                 f"--grid {args.grid} does not divide the {fh}x{fw} feature map of {h}x{w} images (patches mined "
-                f"together need one size): use a --crop N with N / 4 a multiple of {args.grid}{hint}"
+                f"together need one size): use a --crop N with N / {stride} a multiple of {args.grid}{hint}"
             )
 
 
@@ -568,8 +620,10 @@ def load_clip(name: str, weights: str, seed: int, *, _checked: tuple[str, str | 
         raise MineError(f"cannot load CLIP {name} with weights {weights!r}: {type(exc).__name__}: {exc}") from exc
     finally:
         logging.getLogger().removeFilter(quiet)
-    if not hasattr(model.visual, "attnpool"):
-        raise MineError(f"--clip-model {name} is not a ModifiedResNet (RN50, RN101, RN50x4, ...)")
+    from styleda_fast.mining import _is_vision_transformer
+
+    if not hasattr(model.visual, "attnpool") and not _is_vision_transformer(model.visual):
+        raise MineError(f"--clip-model {name} is neither a ModifiedResNet nor an open_clip VisionTransformer")
     return model.eval(), open_clip.get_tokenizer(name)
 
 
@@ -779,6 +833,8 @@ def _config(args, files: _Files) -> dict:
     keys = ("images", "labels", "prompt", "class_styles", "clip_model", "clip_weights", "mode", "grid", "steps",
             "batch_size", "seed", "crop", "templates", "feature_noise", "pool_to", "keep_negative_std")  # fmt: skip
     config = {k: getattr(args, k) for k in keys}
+    if args.split_block is not None:  # recorded for ViT runs only, so earlier ResNet runs still resume
+        config["split_block"] = args.split_block
     config["images"] = str(Path(args.images).resolve())
     config["labels"] = str(Path(args.labels).resolve()) if args.labels else None
     names = "\n".join(p.name for p in files.images).encode()
@@ -918,7 +974,7 @@ def _run(args, console: _Console, state: dict) -> int:
     out = Path(args.out)
     _check_out(out)
     device_name = _check_device(args.device)
-    _check_clip_model(args.clip_model)
+    _check_clip_model(args.clip_model, args.split_block)
     weights = _check_clip_weights(args.clip_model, args.clip_weights)
     files = _scan_files(args)
     state["validating"] = False
@@ -940,8 +996,12 @@ def _run(args, console: _Console, state: dict) -> int:
     model, tokenizer = _together(world, device, lambda: load_clip(args.clip_model, args.clip_weights, args.seed,
                                                                   _checked=weights))  # fmt: skip
     model = model.to(device)
-    head = clip_image_head(model.visual)
-    tail = clip_image_tail(model.visual, pool_to=args.pool_to or None)
+    if args.split_block is None:
+        head = clip_image_head(model.visual)
+        tail = clip_image_tail(model.visual, pool_to=args.pool_to or None)
+    else:
+        head = clip_image_head(model.visual, split_block=args.split_block)
+        tail = clip_image_tail(model.visual, split_block=args.split_block)
     prompts = PromptTargets(model, tokenizer, args.templates)
 
     # 3. OUT.parts/
@@ -1046,22 +1106,25 @@ def _mine_file_chunk(k, indices, files: _Files, args, head, tail, prompts, devic
         label_maps.append(label)
     seed = derived_seed(args.seed, k)
     if not images:
-        empty = torch.zeros(0, tail.layer2[0].conv1.in_channels)
+        channels = tail.channels if hasattr(tail, "channels") else tail.layer2[0].conv1.in_channels
+        empty = torch.zeros(0, channels)
         return {"mean": empty, "std": empty.clone(), "class_ids": torch.zeros(0, dtype=torch.int64),
                 "loss": torch.zeros(0)}, skipped  # fmt: skip
+    prefix = getattr(tail, "prefix_tokens", 0)
     with torch.no_grad():
-        features = head(torch.stack(images).to(device)).float()
+        features = head(torch.stack(images).to(device))
+        features = features.float() if not prefix else _float_token_grid(features, prefix)
     reference_batch_size = None
     if args.mode == "global":
         content = features
         targets = prompts([args.prompt]).expand(len(images), -1)
         class_ids = torch.full((len(images),), FALLBACK, dtype=torch.int64)
     else:
-        content, class_ids = _select(features, torch.stack(label_maps).to(device), args.grid, f"chunk {k}")
+        content, class_ids = _select(features, torch.stack(label_maps).to(device), args.grid, f"chunk {k}", prefix)
         descriptions = famix_descriptions(class_ids.tolist(), generator=torch.Generator().manual_seed(seed))
         reference_batch_size = len(descriptions)  # FAMix's batch: the M distinct classes
         if FALLBACK not in class_ids.tolist():  # no "photo" patch: the first patch gives a fallback style too
-            content = torch.cat([content, content[:1]])
+            content = _append_first(content, prefix)
             class_ids = torch.cat([class_ids, torch.tensor([FALLBACK])])
             descriptions.append(famix_descriptions([FALLBACK])[0])
         targets = prompts(descriptions)
@@ -1073,11 +1136,30 @@ def _mine_file_chunk(k, indices, files: _Files, args, head, tail, prompts, devic
     return {"mean": result.mean, "std": result.std, "class_ids": class_ids.cpu(), "loss": result.loss}, skipped
 
 
-def _select(features, label_maps, grid, where):
+def _float_token_grid(grid: torch.Tensor, prefix: int) -> torch.Tensor:
+    """A ViT head's token grid in float32, still a token grid (``.float()`` of a half one would drop the prefix)."""
+    from styleda_fast import grid_as_tokens, tokens_as_grid
+
+    if grid.dtype == torch.float32:
+        return grid
+    return tokens_as_grid(grid_as_tokens(grid).float(), grid.shape[2], grid.shape[3], prefix)
+
+
+def _append_first(content: torch.Tensor, prefix: int) -> torch.Tensor:
+    """``content`` with its first item once more at the end (for a token grid: tokens and all)."""
+    if not prefix:
+        return torch.cat([content, content[:1]])
+    from styleda_fast import grid_as_tokens, tokens_as_grid
+
+    tokens = grid_as_tokens(content)
+    return tokens_as_grid(torch.cat([tokens, tokens[:1]]), content.shape[2], content.shape[3], prefix)
+
+
+def _select(features, label_maps, grid, where, prefix=0):
     from styleda_fast.mining import select_patches
 
     try:
-        selection = select_patches(features, label_maps, grid=grid)
+        selection = select_patches(features, label_maps, grid=grid, prefix=prefix)
     except ValueError as exc:
         raise MineError(f"{where}: {exc}") from exc
     return selection.content, selection.class_ids
@@ -1090,7 +1172,8 @@ def _write_bank(out: Path, results: list[dict], args):
     mean = torch.cat([r["mean"] for r in results])
     std = torch.cat([r["std"] for r in results])
     class_ids = torch.cat([r["class_ids"] for r in results])
-    about = {"backbone": args.clip_model, "layer": "layer1"}
+    layer = "layer1" if args.split_block is None else f"tokens after {args.split_block} transformer blocks"
+    about = {"backbone": args.clip_model, "layer": layer}
     if args.mode == "global":  # PODA: class-less, every style in the fallback list
         bank = StyleBank(mean.shape[1], num_classes=0, prompts={str(FALLBACK): args.prompt}, **about)
     else:

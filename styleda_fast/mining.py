@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from styleda_fast import clip_cosine_loss, local_style_mix, noisy_style_features, patch_mean_std
 from styleda_fast._checks import check_features, check_int
+from styleda_fast.tokens import grid_as_tokens, grid_prefix, tokens_as_grid
 
 STD_FLOOR = 1e-5**0.5
 """Smallest std a mined style keeps (``final_clamp``): ``sqrt(eps)`` with the ``eps = 1e-5`` that instance
@@ -122,26 +123,177 @@ def _check_modified_resnet(visual) -> None:
     needed = ("stem", "conv1", "layer1", "layer2", "layer3", "layer4", "attnpool")
     if not isinstance(visual, nn.Module) or not all(hasattr(visual, n) for n in needed):
         raise TypeError(
-            "visual must be an open_clip ModifiedResNet (model.visual of RN50, RN101, RN50x4, ...), "
-            f"got {type(visual).__name__}"
+            "visual must be an open_clip ModifiedResNet (model.visual of RN50, RN101, RN50x4, ...) or "
+            f"VisionTransformer (ViT-B-16, ...), got {type(visual).__name__}"
         )
 
 
-def clip_image_tail(visual: nn.Module, *, pool_to: int | None = 56, fold_batchnorm: bool = True) -> ClipImageTail:
-    """``layer1`` features -> image embedding (pool, ``layer2``..``layer4``, attention pool) of ``visual``.
+def _is_vision_transformer(visual) -> bool:
+    needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "_pool")
+    return isinstance(visual, nn.Module) and all(hasattr(visual, n) for n in needed)
 
-    ``fold_batchnorm`` folds eval-mode BatchNorms into copies of the convolutions (faster; for frozen encoders).
+
+def _check_split_block(visual, split_block) -> int:
+    """``split_block`` for a VisionTransformer (required, in ``[0, layers]``); ``TypeError`` for a ResNet."""
+    if not _is_vision_transformer(visual):
+        _check_modified_resnet(visual)
+        if split_block is not None:
+            raise TypeError("split_block is for VisionTransformers; a ModifiedResNet splits after layer1")
+        return -1
+    layers = len(visual.transformer.resblocks)
+    if split_block is None:
+        raise TypeError(f"split_block is required for a VisionTransformer: the blocks before the split (0..{layers})")
+    return check_int(split_block, "split_block", 0, layers)
+
+
+def clip_image_tail(
+    visual: nn.Module, *, pool_to: int | None = 56, fold_batchnorm: bool = True, split_block: int | None = None
+) -> nn.Module:
+    """The part of ``visual`` after the split: features -> image embedding.
+
+    ModifiedResNet: ``layer1`` features -> (pool, ``layer2``..``layer4``, attention pool); ``fold_batchnorm`` folds
+    eval-mode BatchNorms into copies of the convolutions (faster; for frozen encoders).
+    VisionTransformer: ``split_block=k`` (required) gives :class:`ClipViTImageTail`, blocks ``k..`` and the pooling
+    (``pool_to`` and ``fold_batchnorm`` do not apply).
     """
-    _check_modified_resnet(visual)
+    if _check_split_block(visual, split_block) >= 0:
+        return ClipViTImageTail(visual, split_block)
     if pool_to is not None:
         check_int(pool_to, "pool_to", 1)
     return ClipImageTail(visual, pool_to, fold_batchnorm)
 
 
-def clip_image_head(visual: nn.Module) -> ClipImageHead:
-    """Images -> ``layer1`` features (the CLIP stem and ``layer1``) of ``visual``."""
-    _check_modified_resnet(visual)
+def clip_image_head(visual: nn.Module, *, split_block: int | None = None) -> nn.Module:
+    """Images -> the features that styles are mined and applied on.
+
+    ModifiedResNet: the CLIP stem and ``layer1`` (``(N, C1, H/4, W/4)`` features).
+    VisionTransformer: ``split_block=k`` (required) gives :class:`ClipViTImageHead`: the patch embedding, class
+    token and positional embedding, ``ln_pre`` and blocks ``0..k-1``, returning the patch tokens as a token grid
+    ``(N, C, h, w)`` (:func:`styleda_fast.tokens_as_grid`) whose memory holds the class token.
+    """
+    if _check_split_block(visual, split_block) >= 0:
+        return ClipViTImageHead(visual, split_block)
     return ClipImageHead(visual)
+
+
+# ------------------------------------------------------------------------------------------ VisionTransformer
+
+
+def _run_blocks(blocks, tokens: Tensor, batch_first: bool) -> Tensor:
+    if not batch_first:
+        tokens = tokens.transpose(0, 1)
+    for block in blocks:
+        tokens = block(tokens)
+    return tokens if batch_first else tokens.transpose(0, 1)
+
+
+class ClipViTImageHead(nn.Module):
+    """The start of an open_clip ``VisionTransformer`` up to block ``split_block``: images ``(N, 3, H, W)`` -> the
+    patch tokens as a ``(N, C, H/p, W/p)`` token grid (a :func:`styleda_fast.tokens_as_grid` view, channels-last,
+    whose memory holds the class token before each image's patch tokens: ``prefix_tokens = 1``).
+
+    Computes ``conv1`` (the patch embedding), the class token and positional embedding, ``ln_pre`` and blocks
+    ``0..split_block-1``, as ``visual`` does in eval mode (patch dropout is a training-time augmentation and is not
+    applied). Images of another size than ``visual``'s get the positional embedding of the patch tokens resized
+    bicubically (antialiased), as open_clip resizes it when it loads weights for another image size.
+    """
+
+    prefix_tokens = 1
+
+    def __init__(self, visual: nn.Module, split_block: int):
+        super().__init__()
+        self.conv1 = visual.conv1
+        self.class_embedding = visual.class_embedding
+        self.positional_embedding = visual.positional_embedding
+        self.ln_pre = visual.ln_pre
+        self.blocks = nn.ModuleList(list(visual.transformer.resblocks)[:split_block])
+        self.batch_first = getattr(visual.transformer, "batch_first", True)
+        self.grid_size = tuple(visual.grid_size)
+
+    def positional_embedding_for(self, h: int, w: int) -> Tensor:
+        """``(1 + h*w, C)``: the class token's embedding and the patch grid's, resized to ``h x w`` if needed."""
+        if (h, w) == self.grid_size:
+            return self.positional_embedding
+        pos = self.positional_embedding
+        cls, grid = pos[:1], pos[1:].reshape(1, *self.grid_size, -1).permute(0, 3, 1, 2)
+        dtype = grid.dtype if grid.dtype in (torch.float32, torch.float64) else torch.float32
+        grid = F.interpolate(grid.to(dtype), size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+        return torch.cat([cls, grid.to(pos.dtype).permute(0, 2, 3, 1).reshape(h * w, -1)])
+
+    def tokens(self, images: Tensor) -> tuple[Tensor, int, int]:
+        """``(tokens, h, w)``: the ``(N, 1 + h*w, C)`` tokens after block ``split_block - 1`` (batch first) and the
+        patch grid."""
+        x = self.conv1(images.to(self.conv1.weight.dtype))
+        n, c, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_embedding.to(x.dtype).expand(n, 1, c), x], dim=1)
+        x = self.ln_pre(x + self.positional_embedding_for(h, w).to(x.dtype))
+        return _run_blocks(self.blocks, x, self.batch_first), h, w
+
+    def forward(self, images: Tensor) -> Tensor:
+        tokens, h, w = self.tokens(images)
+        return tokens_as_grid(tokens, h, w, self.prefix_tokens)
+
+
+class ClipViTImageTail(nn.Module):
+    """The rest of an open_clip ``VisionTransformer`` from block ``split_block``: tokens -> image embedding ``(N, D)``.
+
+    Input: tokens ``(N, 1 + h*w, C)`` (batch first), or a token grid ``(N, C, h, w)`` whose memory holds the class
+    token (:class:`ClipViTImageHead`'s output, any :func:`styleda_fast.tokens_as_grid` view). Runs blocks
+    ``split_block..``, then ``visual``'s pooling and ``proj``, as ``visual`` does in eval mode (exact up to
+    rounding). With the class-token pooling of CLIP (``pool_type='tok'``, no attentional pooler) only the class
+    token's output is needed after the last block: the last block computes the attention query, the MLP and
+    ``ln_post`` of that token only. Other poolings (``'avg'``, ``attn_pool``, ``final_ln_after_pool``) run open_clip's
+    own ``_pool``.
+
+    ``activation = None``: ViT features are not post-ReLU (they are residual-stream tokens, of any sign), so the
+    synthesized features of style mining are ``std * xn + mean`` without a ReLU (see :func:`mine_styles`).
+    """
+
+    prefix_tokens = 1
+    activation = None
+
+    def __init__(self, visual: nn.Module, split_block: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(list(visual.transformer.resblocks)[split_block:])
+        self.channels = visual.conv1.out_channels  # the token width C
+        self.batch_first = getattr(visual.transformer, "batch_first", True)
+        self.ln_post = visual.ln_post
+        self.attn_pool = getattr(visual, "attn_pool", None)
+        self.attn_pool_contrastive = getattr(visual, "attn_pool_contrastive", None)
+        self.proj = visual.proj
+        self._open_clip_pool = visual._pool  # bound method; its modules are registered above, so .to() moves them
+        self.class_token_pool = self.attn_pool is None and getattr(visual, "pool_type", "tok") == "tok"
+
+    def _class_token_last_block(self, tokens: Tensor) -> Tensor | None:
+        """The last block's output for the class token only ``(N, 1, C)``, or None where it cannot be split."""
+        from open_clip.transformer import ResidualAttentionBlock
+
+        block = self.blocks[-1]
+        if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv") or not self.batch_first:
+            return None
+        y = block.ln_1(tokens)
+        x0 = tokens[:, :1] + block.ls_1(block.attn(y[:, :1], y, y, need_weights=False)[0])
+        return x0 + block.ls_2(block.mlp(block.ln_2(x0)))
+
+    def forward(self, features: Tensor) -> Tensor:
+        if features.dim() == 4 and grid_prefix(features) != self.prefix_tokens:
+            raise ValueError(
+                "a token grid for the ViT tail must hold the class token in its memory (a tokens_as_grid view with "
+                "prefix=1, or the head's output); pass tokens (N, 1 + h*w, C) otherwise"
+            )
+        tokens = grid_as_tokens(features) if features.dim() == 4 else features
+        if self.class_token_pool and len(self.blocks) > 0:
+            head = _run_blocks(self.blocks[:-1], tokens, self.batch_first)
+            last = self._class_token_last_block(head)
+            tokens = _run_blocks(self.blocks[-1:], head, self.batch_first)[:, :1] if last is None else last
+        else:
+            tokens = _run_blocks(self.blocks, tokens, self.batch_first)
+        if self.class_token_pool:
+            pooled = self.ln_post(tokens[:, 0])
+        else:
+            pooled, _ = self._open_clip_pool(tokens)
+        return pooled @ self.proj if self.proj is not None else pooled
 
 
 @dataclasses.dataclass
@@ -193,6 +345,7 @@ def mine_styles(
     detach_norm: bool = True,
     clamp_std: bool = True,
     final_clamp: bool = True,
+    activation: str | None = "auto",
     reference_batch_size: int | Tensor | None = None,
     batch_size: int | None = None,
     item_offset: int = 0,
@@ -205,7 +358,12 @@ def mine_styles(
 
     Args:
         tail: ``layer1`` features -> embeddings ``(N, D)``, e.g. :func:`clip_image_tail`. Put in eval mode here.
-        content: ``(N, C, H, W)`` items (whole images for PODA, patches for FAMix); detached.
+            A ViT tail (:class:`ClipViTImageTail`, ``clip_image_tail(visual, split_block=k)``) takes tokens.
+        content: ``(N, C, H, W)`` items (whole images for PODA, patches for FAMix); detached. For a ViT tail: a
+            token grid (:func:`styleda_fast.tokens_as_grid` view, e.g. :class:`ClipViTImageHead`'s output, or
+            ``select_patches(..., prefix=1)``'s patches) whose memory holds each item's class token. The style is
+            that of the patch tokens (per-channel mean and std over the ``h*w`` tokens, class token excluded); the
+            class token is passed to the tail unchanged.
         targets: ``(N, D)`` text targets (normalized here).
         steps, lr, momentum, weight_decay: SGD as in the public code (100 steps, lr 1, momentum 0.9, wd 1e-4).
         feature_noise: standard deviation of Gaussian noise added to the synthesized features at each step
@@ -213,6 +371,10 @@ def mine_styles(
             index and the step, so it does not depend on ``batch_size``; ``seed=None`` draws a run seed).
         detach_norm: divide the embedding by its detached norm before the cosine (the public code's graph).
         clamp_std: clamp ``std_s >= 0`` in place before each step (PODA's PIN; FAMix's patch-wise PIN does not).
+        activation: of the synthesized features: ``"relu"`` (PODA/FAMix on ResNet ``layer1`` features, which are
+            post-ReLU), ``None`` (identity: ``std * xn + mean``) or ``"auto"``: the tail's ``activation`` attribute,
+            ``None`` for a ViT tail (its tokens are residual-stream features of any sign; a ReLU would zero about
+            half of them), else ``"relu"``.
         final_clamp: clamp the returned std to ``>= STD_FLOOR`` (``sqrt(1e-5)``, the smallest std that instance
             statistics give). Without it a mined std can be negative: FAMix never clamps, and PODA clamps before
             each step, so its last step can still leave a std below 0 (a negative std flips the normalized content
@@ -242,6 +404,17 @@ def mine_styles(
     0 up to rounding, so which of those pixels pass the ReLU is rounding noise, in the public code as here.
     """
     check_features(content, "content")
+    if activation == "auto":
+        activation = getattr(tail, "activation", "relu")
+    if activation not in ("relu", None):
+        raise ValueError(f"activation must be 'relu', None or 'auto', got {activation!r}")
+    prefix = getattr(tail, "prefix_tokens", 0)
+    if prefix and grid_prefix(content) != prefix:
+        raise ValueError(
+            f"content must be a token grid holding {prefix} prefix token(s) before each item's patch tokens for this "
+            "ViT tail: tokens_as_grid(tokens, h, w), the ViT head's output or select_patches(..., prefix=1)'s "
+            f"patches; got strides {tuple(content.stride())}"
+        )
     if not isinstance(targets, Tensor) or targets.dim() != 2 or targets.shape[0] != content.shape[0]:
         raise ValueError(
             f"targets must be (N, D) with N = {content.shape[0]} items, got "
@@ -281,7 +454,7 @@ def mine_styles(
             tail, content[chunk.start : chunk.stop].detach(), targets[chunk.start : chunk.stop],
             weights[chunk.start : chunk.stop], steps, lr, momentum, weight_decay, feature_noise, seed,
             item_offset + chunk.start, detach_norm, clamp_std, autocast_dtype, channels_last,
-            count_step if step_progress is not None else None,
+            count_step if step_progress is not None else None, activation, prefix,
         )  # fmt: skip
         means.append(result.mean)
         stds.append(result.std.clamp_min(STD_FLOOR) if final_clamp else result.std)
@@ -300,6 +473,13 @@ def derived_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def _feature_noise(like: Tensor, seed: int, step: int) -> Tensor:
+    """Standard normals shaped like one item ``(C, H, W)``, in its NCHW element order, keyed by ``(seed, step)``."""
+    from styleda_fast.text import reference as text_reference
+
+    return text_reference.feature_noise(like.numel(), seed, step).view(like.shape).to(like.device, like.dtype)
+
+
 def _weighted_loss(embeddings: Tensor, targets: Tensor, weights: Tensor, detach_norm: bool) -> Tensor:
     """``sum_i weights[i] * (1 - cos(z_i, t_i))`` with the fused loss (one call per distinct weight)."""
     total = embeddings.new_zeros(())
@@ -314,10 +494,12 @@ def _weighted_loss(embeddings: Tensor, targets: Tensor, weights: Tensor, detach_
 
 def _optimize_item_batch(
     tail, content, targets, weights, steps, lr, momentum, weight_decay, feature_noise, seed, first_item,
-    detach_norm, clamp_std, autocast_dtype, channels_last, after_step,
+    detach_norm, clamp_std, autocast_dtype, channels_last, after_step, activation="relu", prefix=0,
 ) -> MiningResult:  # fmt: skip
-    """``steps`` SGD steps on the styles of one batch of items (optimized together); their raw final styles."""
+    """``steps`` SGD steps on the styles of one batch of items (optimized together); their raw final styles.
+    ``prefix``: content is a token grid; the synthesized grid gets the content's prefix tokens back (a ViT tail)."""
     mean0, std0 = patch_mean_std(content, 1)
+    prefix_tokens = grid_as_tokens(content)[:, :prefix].float() if prefix else None
     style_mean = mean0.flatten(1).float().clone().requires_grad_()
     style_std = std0.flatten(1).float().clone().requires_grad_()
     optimizer = torch.optim.SGD([style_mean, style_std], lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -330,7 +512,7 @@ def _optimize_item_batch(
         if clamp_std:
             with torch.no_grad():
                 style_std.clamp_(min=0)
-        if feature_noise:  # a fresh draw per step and item, keyed by (item seed, step)
+        if feature_noise and activation == "relu":  # a fresh draw per step and item, keyed by (item seed, step)
             features = torch.cat(
                 [
                     noisy_style_features(
@@ -344,9 +526,14 @@ def _optimize_item_batch(
                     for i in range(content.shape[0])
                 ]
             )
+        elif feature_noise:  # identity: plain PyTorch, the same noise as noisy_style_features' reference draws
+            noise = torch.stack([_feature_noise(normalized[i], item_seeds[i], step) for i in range(content.shape[0])])
+            features = style_std[:, :, None, None] * normalized + style_mean[:, :, None, None] + feature_noise * noise
         else:
-            features = local_style_mix(content, style_mean, style_std, grid=1)
-        if channels_last:
+            features = local_style_mix(content, style_mean, style_std, grid=1, activation=activation)
+        if prefix:
+            features = grid_as_tokens(features, prefix_tokens)
+        elif channels_last:
             features = features.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             embeddings = tail(features)
@@ -399,7 +586,7 @@ def first_patch_per_class(dominant: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def select_patches(
     features: Tensor, labels: Tensor, *, grid: int | tuple[int, int] = 3, num_classes: int = 19,
-    ignore_index: int = 255,
+    ignore_index: int = 255, prefix: int = 0,
 ) -> PatchSelection:  # fmt: skip
     """The patches FAMix mines in one batch: the first patch of each distinct dominant class.
 
@@ -407,6 +594,8 @@ def select_patches(
         features: ``(B, C, H, W)`` layer1 features of the batch's images.
         labels: ``(B, Hl, Wl)`` train ids at image resolution (``ignore_index`` votes like a class, as in FAMix).
         grid: patch grid; all patches of ``features`` must have one size (``H``, ``W`` divisible by the grid).
+        prefix: for ViT features (a token grid from :class:`ClipViTImageHead`): the prefix tokens each patch keeps
+            (1: its image's class token), see :func:`crop_patches`.
     Returns:
         :class:`PatchSelection`; give ``content`` to :func:`mine_styles` with the text targets of ``class_ids``
         (``famix_descriptions`` + ``encode_prompts``).
@@ -421,7 +610,7 @@ def select_patches(
     check_equal_patches(features, (gh, gw), f"grid {gh}x{gw}")
     dominant = patch_dominant_class(labels, (gh, gw), num_classes=num_classes, ignore_index=ignore_index)
     class_ids, image_index, patch_index = first_patch_per_class(dominant)
-    content = crop_patches(features, (gh, gw), image_index.tolist(), patch_index.tolist())
+    content = crop_patches(features, (gh, gw), image_index.tolist(), patch_index.tolist(), prefix=prefix)
     return PatchSelection(content, class_ids, image_index, patch_index)
 
 
@@ -435,14 +624,28 @@ def check_equal_patches(features: Tensor, grid: tuple[int, int], what: str) -> N
         )
 
 
-def crop_patches(features: Tensor, grid: tuple[int, int], image_index, patch_index) -> Tensor:
+def crop_patches(features: Tensor, grid: tuple[int, int], image_index, patch_index, *, prefix: int = 0) -> Tensor:
     """``(M, C, H/gh, W/gw)``: patch ``patch_index[m]`` (row-major, ``i * gw + j``) of image ``image_index[m]``.
-    The grid must divide ``H`` and ``W`` (:func:`check_equal_patches`)."""
+    The grid must divide ``H`` and ``W`` (:func:`check_equal_patches`).
+
+    ``prefix > 0``: ``features`` is a token grid holding ``prefix`` prefix tokens per image (a ViT head's output);
+    each patch is returned as a token grid too, with its image's prefix tokens (the class token) before its patch
+    tokens, so a ViT tail sees the class token and the patch's tokens."""
     (gh, gw), (H, W) = grid, features.shape[-2:]
     ph, pw = H // gh, W // gw
-    return torch.stack(
-        [
-            features[b, :, (p // gw) * ph : (p // gw + 1) * ph, (p % gw) * pw : (p % gw + 1) * pw]
-            for b, p in zip(image_index, patch_index)
-        ]
-    )
+    patches = [
+        features[b, :, (p // gw) * ph : (p // gw + 1) * ph, (p % gw) * pw : (p % gw + 1) * pw]
+        for b, p in zip(image_index, patch_index)
+    ]
+    if not prefix:
+        return torch.stack(patches)
+    check_int(prefix, "prefix", 0)
+    if grid_prefix(features) != prefix:
+        raise ValueError(
+            f"features must be a token grid holding {prefix} prefix token(s) per image (a ViT head's output)"
+        )
+    heads = grid_as_tokens(features)[:, :prefix]
+    tokens = torch.stack(
+        [torch.cat([heads[b], patch.flatten(1).t()]) for b, patch in zip(image_index, patches)]
+    ) if patches else features.new_zeros(0, prefix + ph * pw, features.shape[1])  # fmt: skip
+    return tokens_as_grid(tokens, ph, pw, prefix)

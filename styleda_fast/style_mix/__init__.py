@@ -4,6 +4,11 @@
 image's own statistics: ``grid=1``) and of FAMix (the same per patch of a ``g x g`` grid, with a style per patch
 and Beta-distributed mixing weights shared by the patches of an image). The math, in one place: ``README.md``
 next to this file; the executable specification: :mod:`styleda_fast.style_mix.reference`.
+
+Token grids: ``x`` may be a ViT's patch tokens seen as ``(B, C, h, w)`` (:func:`styleda_fast.tokens_as_grid`, a
+channels-last view whose images are ``(prefix + h*w) * C`` elements apart). The C++ kernels read and write it in
+place, fresh outputs get the same strides, and the prefix tokens are never touched. The Triton launchers take
+only dense NCHW / channels_last tensors, so on that backend such an ``x`` is first copied (channels_last).
 """
 
 from __future__ import annotations
@@ -11,8 +16,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from styleda_fast._backend import run_op
-from styleda_fast._checks import acc_dtype, check_eps, check_features, dense_layout, normalize_grid, per_patch
+from styleda_fast._backend import run_op, select_backend
+from styleda_fast._checks import (
+    acc_dtype,
+    batch_strided_layout,
+    check_eps,
+    check_features,
+    kernel_layout,
+    normalize_grid,
+    per_patch,
+    plain_dense_layout,
+)
 from styleda_fast.style_mix import _ops, reference  # noqa: F401  (_ops registers the operators' glue)
 from styleda_fast.style_mix.reference import patch_bounds
 
@@ -35,7 +49,7 @@ def patch_mean_std(x: Tensor, grid: int | tuple[int, int] = 1, eps: float = 1e-5
     check_features(x)
     gh, gw = normalize_grid(grid, x.shape[2], x.shape[3])
     eps = check_eps(eps)
-    x = dense_layout(x)
+    x = _for_backend(x)
     mean, std = run_op(
         "style_mix",
         "patch_mean_std",
@@ -64,7 +78,8 @@ def local_style_mix(
     ``mean_t = s*mean + (1-s)*style_mean`` and ``std_t = s*std + (1-s)*style_std``.
 
     Args:
-        x: ``(B, C, H, W)`` float16/bfloat16/float32/float64, NCHW or channels_last (same numbers either way).
+        x: ``(B, C, H, W)`` float16/bfloat16/float32/float64, NCHW or channels_last (same numbers either way),
+            or a token grid (:func:`styleda_fast.tokens_as_grid`: read without a copy, prefix tokens untouched).
         style_mean, style_std: target statistics, broadcastable to ``(B, C, gh, gw)``: ``(B, C)`` or
             ``(B, C, 1, 1)`` (one style per image, PODA) or ``(B, C, gh, gw)`` (one per patch, FAMix).
         grid: ``g`` or ``(gh, gw)``; ``1`` is global (PODA) transfer. Any ``H >= gh``, ``W >= gw``.
@@ -72,11 +87,16 @@ def local_style_mix(
             ``(B, C)`` Beta(0.1, 0.1) draws shared by all patches of an image.
         activation: ``"relu"`` (PODA and FAMix) or ``None``.
         eps: added to the variance of each patch.
-        out: optional preallocated output with x's shape, dtype and device (may be ``x`` itself, in place). Meant
-            for frozen feature extractors: it is an error if any input requires grad while grad mode is on.
+        out: optional preallocated output with x's shape, dtype and device (may be ``x`` itself, in place), NCHW,
+            channels_last or a token grid: ``out=tokens_as_grid(tokens, h, w)`` writes the styled patch tokens
+            into ``tokens`` and leaves its prefix tokens as they are. Meant for frozen feature extractors: it is an
+            error if any input requires grad while grad mode is on.
     Returns:
-        ``(B, C, H, W)`` tensor in x's dtype and memory format (``out`` when given). Differentiable with respect
-        to ``x``, ``style_mean``, ``style_std`` and ``mix`` through a fused backward kernel.
+        ``(B, C, H, W)`` tensor in x's dtype (``out`` when given). On the C++ backend it has x's exact strides
+        (NCHW-contiguous for an x the kernels cannot address directly); for a token grid its memory has an
+        unwritten gap where x has the prefix tokens (:func:`styleda_fast.grid_as_tokens` puts the prefix back).
+        Differentiable with respect to ``x``, ``style_mean``, ``style_std`` and ``mix`` through a fused backward
+        kernel.
     """
     check_features(x)
     gh, gw = normalize_grid(grid, x.shape[2], x.shape[3])
@@ -91,7 +111,7 @@ def local_style_mix(
     relu = activation == "relu"
     if out is not None:
         return _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, (style_mean, style_std))
-    x = dense_layout(x)
+    x = _for_backend(x)
     out, _mean, _std = run_op(
         "style_mix",
         "local_style_mix",
@@ -118,16 +138,18 @@ def _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, ori
         raise ValueError(
             "out= computes no gradient, but an input or out requires grad; call without out= or under torch.no_grad()"
         )
-    if out.is_contiguous():
-        x = x.contiguous()
-    elif out.is_contiguous(memory_format=torch.channels_last):
-        x = x.contiguous(memory_format=torch.channels_last)
-    else:
-        raise ValueError("out must be contiguous or channels_last contiguous")
-    if x.stride() != out.stride():
-        # Both dense in out's layout: strides can differ only on size-1 dimensions, where they mean nothing.
-        x = x.as_strided(x.shape, out.stride())
-    in_place = x.data_ptr() == out.data_ptr() and x.stride() == out.stride()
+    out_layout = batch_strided_layout(out)
+    if out_layout is None:
+        raise ValueError(
+            "out must be contiguous, channels_last or a token grid (tokens_as_grid): each image's elements dense "
+            f"in NCHW or channels_last order, images at least C*H*W apart; got strides {tuple(out.stride())}"
+        )
+    x_layout = batch_strided_layout(x)
+    if x_layout is None or x_layout[0] != out_layout[0]:
+        x = x.contiguous(memory_format=torch.channels_last if out_layout[0] == "nhwc" else torch.contiguous_format)
+    if x.data_ptr() == out.data_ptr() and _memory_range(x) == _memory_range(out):
+        x = out  # the same elements (strides may differ only on size-1 dims, where they mean nothing): in place
+    in_place = x is out
     if not in_place and _overlaps(x, out):
         raise ValueError("out overlaps x in memory; pass x itself (in place) or a separate tensor")
     # The kernels write patches in parallel, so a per-patch input that lives in out's memory could be overwritten
@@ -136,16 +158,48 @@ def _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, ori
         t.clone() if t is not None and _overlaps(t, out) else t for t in (target_mean, target_std, mix)
     )
     activation = "relu" if relu else None
+    kernel_x, kernel_out = x, out
+    if select_backend(x.device) == "triton":
+        kernel_x, kernel_out = _triton_into_args(x, out, in_place)
     run_op(
         "style_mix",
         "local_style_mix_into",
         x.device,
-        (x, target_mean, target_std, mix, gh, gw, relu, eps, out),
+        (kernel_x, target_mean, target_std, mix, gh, gw, relu, eps, kernel_out),
         lambda: out.copy_(
             reference.local_style_mix(x.to(acc_dtype(x.dtype)), target_mean, target_std, (gh, gw), mix, activation, eps)
         ),
     )
+    if kernel_out is not out:
+        out.copy_(kernel_out)
     return out
+
+
+def _is_plain_dense(t: Tensor) -> bool:
+    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _triton_into_args(x: Tensor, out: Tensor, in_place: bool) -> tuple[Tensor, Tensor]:
+    """``(x, out)`` for the Triton launcher, which takes dense tensors of equal strides only: a token grid (any
+    batch stride) is run on a dense copy, and the caller copies the result into ``out``."""
+    if _is_plain_dense(out):
+        if in_place:
+            return out, out
+        kernel_x = plain_dense_layout(x)
+        if kernel_x.stride() != out.stride() and _is_plain_dense(kernel_x):
+            # both dense in out's order: strides can differ only on size-1 dimensions, where they mean nothing
+            kernel_x = kernel_x.as_strided(kernel_x.shape, out.stride())
+        return kernel_x, out
+    kernel_x = plain_dense_layout(x)  # a copy when in place (x is out, not dense): out is written at the end
+    return kernel_x, (kernel_x if in_place else torch.empty_like(kernel_x))
+
+
+def _for_backend(x: Tensor) -> Tensor:
+    """x as the backend that runs on its device takes it: the C++ kernels and the reference take token grids
+    (any batch stride) as they are; the Triton launchers dense NCHW or channels_last tensors (a copy otherwise)."""
+    if select_backend(x.device) == "triton":
+        return plain_dense_layout(x)
+    return kernel_layout(x)
 
 
 def _memory_range(t: Tensor) -> tuple[int, int]:

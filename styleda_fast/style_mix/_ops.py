@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from styleda_fast._checks import acc_dtype, require, require_float, require_params
+from styleda_fast._checks import acc_dtype, kernel_output_geometry, require, require_float, require_params
 from styleda_fast._library import differentiable_grads, op_namespace, register_family
 from styleda_fast.style_mix import reference
 
@@ -18,6 +18,13 @@ from styleda_fast.style_mix import reference
 def _check_features(x: Tensor) -> None:
     torch._check(x.dim() == 4, lambda: f"x must be (B, C, H, W), got {x.dim()} dims")
     torch._check(x.is_floating_point(), lambda: f"x must be floating point, got {x.dtype}")
+
+
+def _output_like(x: Tensor) -> Tensor:
+    """A fresh (B, C, H, W) output as the kernels allocate it: x's strides (any batch stride, e.g. a token grid),
+    or NCHW-contiguous for an x they copy first."""
+    strides, offset, elements = kernel_output_geometry(x)
+    return x.new_empty((elements,)).as_strided(x.shape, strides, offset)
 
 
 def _patch_stats_like(x: Tensor, grid_h: int, grid_w: int) -> Tensor:
@@ -33,7 +40,7 @@ def _patch_mean_std_fake(x, grid_h, grid_w, eps):
 
 def _patch_mean_std_backward_fake(grad_mean, grad_std, x, mean, std):
     _check_features(x)
-    return torch.empty_like(x)
+    return _output_like(x)
 
 
 def _local_style_mix_fake(x, target_mean, target_std, mix, grid_h, grid_w, relu, eps):
@@ -41,7 +48,7 @@ def _local_style_mix_fake(x, target_mean, target_std, mix, grid_h, grid_w, relu,
     torch._check(target_mean.shape == (x.shape[0], x.shape[1], grid_h, grid_w), lambda: "target_mean shape")
     torch._check(target_std.shape == target_mean.shape, lambda: "target_std shape")
     mean = _patch_stats_like(x, grid_h, grid_w)
-    return torch.empty_like(x), mean, torch.empty_like(mean)
+    return _output_like(x), mean, torch.empty_like(mean)
 
 
 def _local_style_mix_into_fake(x, target_mean, target_std, mix, grid_h, grid_w, relu, eps, out):
@@ -51,7 +58,7 @@ def _local_style_mix_into_fake(x, target_mean, target_std, mix, grid_h, grid_w, 
 
 def _local_style_mix_backward_fake(grad_out, x, mean, std, target_mean, target_std, mix, relu, compute_grad_x):
     _check_features(x)
-    grad_x = torch.empty_like(x) if compute_grad_x else x.new_empty(0)
+    grad_x = _output_like(x) if compute_grad_x else x.new_empty(0)
     return grad_x, torch.empty_like(mean), torch.empty_like(mean)
 
 

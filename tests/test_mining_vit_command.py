@@ -1,0 +1,89 @@
+"""`styleda-fast mine --clip-model ViT-B-16 --split-block K` end to end (real command, random weights, offline)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("open_clip")
+from PIL import Image  # noqa: E402
+
+from styleda_fast.style_bank import StyleBank  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """3 RGB images of 80x72 and their train-id label maps."""
+    root = tmp_path_factory.mktemp("vit-data")
+    images, labels = root / "images", root / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(images / f"c{i}_leftImg8bit.png")
+        label = np.full((72, 80), 255, dtype=np.uint8)
+        label[:40] = rng.choice([0, 2, 8])
+        label[40:, :40] = rng.choice([11, 13])
+        Image.fromarray(label).save(labels / f"c{i}_gtFine_labelTrainIds.png")
+    return images, labels
+
+
+def mine(*args, check=True):
+    common = ["--clip-weights", "none", "--steps", "1", "--batch-size", "2", "--seed", "3", "--templates", "2"]
+    command = [sys.executable, "-m", "styleda_fast.cli", "mine", *common, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_global_and_patch_mining_on_vit_tokens(dataset, tmp_path):
+    images, labels = dataset
+    out = tmp_path / "global.safetensors"
+    mine("--images", str(images), "--prompt", "driving at night", "--clip-model", "ViT-B-16", "--split-block", "3",
+         "--crop", "64", "--out", str(out))  # fmt: skip
+    bank = StyleBank.load(out)
+    assert len(bank) == 3 and bank.channels == 768
+    assert bank.backbone == "ViT-B-16" and bank.layer == "tokens after 3 transformer blocks"
+    assert torch.isfinite(bank.mean).all() and (bank.std >= 1e-5**0.5).all()
+
+    out = tmp_path / "patch.safetensors"
+    mine("--images", str(images), "--labels", str(labels), "--class-styles", "--mode", "patch", "--grid", "2",
+         "--clip-model", "ViT-B-16", "--split-block", "12", "--crop", "64", "--out", str(out))  # fmt: skip
+    bank = StyleBank.load(out)
+    assert len(bank) >= 2 and bank.channels == 768
+    assert torch.isfinite(bank.mean).all() and torch.isfinite(bank.std).all()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--clip-model", "ViT-B-16"], "--split-block"),
+        (["--clip-model", "ViT-B-16", "--split-block", "13"], "12 transformer blocks"),
+        (["--clip-model", "RN50", "--split-block", "2"], "--split-block is for ViT"),
+        (["--clip-model", "ViT-B-16", "--split-block", "-1"], "--split-block must be >= 0"),
+    ],
+)
+def test_split_block_errors(dataset, tmp_path, args, message):
+    done = mine("--images", str(dataset[0]), "--prompt", "snow", "--out", str(tmp_path / "x.safetensors"), *args,
+                check=False)  # fmt: skip
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+    assert not (tmp_path / "x.safetensors.parts").exists()
+
+
+def test_patch_grid_must_divide_the_token_grid(dataset, tmp_path):
+    """80x72 images have a 5x4 patch grid at patch size 16: --grid 2 does not divide it; the hint is a crop."""
+    images, labels = dataset
+    done = mine("--images", str(images), "--labels", str(labels), "--class-styles", "--mode", "patch", "--grid", "2",
+                "--clip-model", "ViT-B-16", "--split-block", "1", "--out", str(tmp_path / "x.safetensors"),
+                check=False)  # fmt: skip
+    assert done.returncode != 0 and "N / 16 a multiple of 2" in done.stderr and "--crop 64" in done.stderr, done.stderr
