@@ -102,17 +102,20 @@ class LiveBytes(TorchDispatchMode):
     """Context manager tracking the storages that operations create while it is active: ``current`` bytes still
     alive, ``peak`` (the most alive at once), per device type in ``peak_by_device``.
 
-    It sees every ATen operation's outputs (custom operators included) but not allocations a kernel frees before
-    it returns. Storages that existed before the block (inputs) are not counted. Python overhead per operation:
+    It sees every ATen operation's outputs (custom operators included, the backward pass's too) but not
+    allocations a kernel frees before it returns. Storages that existed before the block (inputs) are not counted.
+    ``timeline=True`` keeps ``current`` after each operation in ``timeline`` (one entry per operation: runs of the
+    same code on inputs of other sizes can be compared operation by operation). Python overhead per operation:
     meant for measuring a call, not for timing it.
     """
 
-    def __init__(self):
+    def __init__(self, timeline: bool = False):
         super().__init__()
         self._live: dict[int, tuple[StorageWeakRef, int, str]] = {}
         self.current = 0
         self.peak = 0
         self.peak_by_device: dict[str, int] = {}
+        self.timeline: list[int] | None = [] if timeline else None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -134,6 +137,8 @@ class LiveBytes(TorchDispatchMode):
             by_device[device] = by_device.get(device, 0) + nbytes
         self.current = sum(by_device.values())
         self.peak = max(self.peak, self.current)
+        if self.timeline is not None:
+            self.timeline.append(self.current)
         for device, nbytes in by_device.items():
             self.peak_by_device[device] = max(self.peak_by_device.get(device, 0), nbytes)
 
