@@ -176,3 +176,34 @@ def test_live_bytes_peak_of_in_place_augmentation_is_smaller(famix):
     model = torch.nn.Linear(10, 10)
     sizes = state_bytes(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
     assert sizes["parameters"] == sizes["gradients"] == sizes["optimizer"] == 440 and sizes["total"] == 3 * 440
+
+
+def test_job_table_extrapolates_to_100_steps_and_80_templates():
+    from styleda_fast.bench.jobs import job_table
+
+    def row(case, provider, ms, images=16, shape="16 img 192px, 8 cls"):
+        return {"case": case, "provider": provider, "ms": ms, "throughput": images / (ms / 1e3), "spread": 0.1,
+                "shape": shape}  # fmt: skip
+
+    rows = [
+        row("famix mine, 1 step, 4 templates", "public", 10_000),
+        row("famix mine, 3 steps, 4 templates", "public", 16_000),
+        row("famix prompts, 4 templates", "public", 2_000),
+        row("famix mine, 1 step, 4 templates", "ours", 5_000),
+        row("famix mine, 3 steps, 4 templates", "ours", 7_000),
+        row("famix prompts, 4 templates", "ours", 1_000),
+        row("famix mine, 1 step, 4 templates", "ours fast", 1_600),
+        row("famix mine, 3 steps, 4 templates", "ours fast", 2_000),
+        row("famix train step", "public", 4_000, 2),
+        row("famix augmentation alone", "public", 400, 2),
+    ]
+    table = job_table(rows)
+    # public: 10 s + 99 x 3 s + 19 x 2 s (the prompts at 80 templates) = 345 s for 16 images
+    public, ours, fast = 345 / 16, (5 + 99 * 1 + 19 * 1) / 16, (1.6 + 99 * 0.2) / 16
+    # cached: of 1560 batches x 8 classes, only 400 descriptions are encoded
+    cached = ours - (1 - 400 / (24_966 // 16 * 8)) * 20 / 16
+    assert (
+        f"| famix | {public:.2f} | {ours:.2f} | {cached:.2f} | {fast:.2f} | {public / ours:.2f}x | "
+        f"{public / cached:.2f}x | {public / fast:.2f}x |"
+    ) in table
+    assert "| famix | public | 4.00 | 10% | 400.0 | 10.0% |" in table
