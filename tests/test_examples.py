@@ -194,7 +194,7 @@ def test_job_table_extrapolates_to_100_steps_and_80_templates():
         row("famix prompts, 4 templates", "ours", 1_000),
         row("famix mine, 1 step, 4 templates", "ours fast", 1_600),
         row("famix mine, 3 steps, 4 templates", "ours fast", 2_000),
-        row("famix train step", "public", 4_000, 2),
+        {**row("famix train step", "public", 4_000, 2), "aug_in_step_ms": 200.0},
         row("famix augmentation alone", "public", 400, 2),
     ]
     table = job_table(rows)
@@ -206,4 +206,4 @@ def test_job_table_extrapolates_to_100_steps_and_80_templates():
         f"| famix | {public:.2f} | {ours:.2f} | {cached:.2f} | {fast:.2f} | {public / ours:.2f}x | "
         f"{public / cached:.2f}x | {public / fast:.2f}x |"
     ) in table
-    assert "| famix | public | 4.00 | 10% | 400.0 | 10.0% |" in table
+    assert "| famix | public | 4.00 | 10% | 200.0 | 5.0% | 400.0 |" in table

@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -252,26 +253,51 @@ STEP_OPTIONS = {
 }
 
 
+def make_aug(dc, recipe: str, bank, aug: str = "ours", in_place: bool = False, seed: int = 0):
+    """The augmentation layer of an option combination: ``"public"`` (the public code), ``"ours"`` (in place or
+    not) or ``"none"`` (``None``)."""
+    from styleda_fast.nn import StyleBankAugment
+
+    if aug == "public":
+        return dc.PublicFamixTransfer(bank, seed) if recipe == "famix" else dc.PublicPodaTransfer(bank, seed)
+    if aug == "ours":
+        return (
+            dc.InPlaceBankAugment(bank, recipe, seed)
+            if in_place
+            else getattr(StyleBankAugment, recipe)(bank, generator=seed)
+        )
+    return None
+
+
 def configure(job, dc, recipe: str, aug: str = "ours", in_place: bool = False, checkpoint: bool = False,
-              bf16: bool = False, seed: int = 0) -> None:  # fmt: skip
+              bf16: bool = False, seed: int = 0, layer=None) -> None:  # fmt: skip
     """Switch a training job (``examples/*_train_step.build``) to an option combination: the inserted
-    augmentation (``"public"``, ``"ours"``, ``"none"``), in place or not, ``layer4`` checkpointing, bf16."""
-    from styleda_fast.nn import StyleBankAugment, insert, remove
+    augmentation (``layer``, or a new one from ``aug``, ``in_place``, ``seed``), ``layer4`` checkpointing, bf16."""
+    from styleda_fast.nn import insert, remove
 
     remove(job.model)
-    bank = job.bank
-    if aug == "public":
-        job.aug = dc.PublicFamixTransfer(bank, seed) if recipe == "famix" else dc.PublicPodaTransfer(bank, seed)
-    elif aug == "ours" and in_place:
-        job.aug = dc.InPlaceBankAugment(bank, recipe, seed)
-    elif aug == "ours":
-        job.aug = getattr(StyleBankAugment, recipe)(bank, generator=seed)
-    else:
-        job.aug = None
+    job.aug = layer if layer is not None else make_aug(dc, recipe, job.bank, aug, in_place, seed)
     if job.aug is not None:
         insert(job.model, "backbone.layer1", job.aug)
     job.model.backbone.checkpoint_layer4 = checkpoint
     job.bf16 = bf16
+
+
+def timed_forward(layer, log: list[float], device) -> None:
+    """Make ``layer`` append the wall time (ms) of each of its calls to ``log``."""
+    inner = layer.forward
+
+    def forward(*args, **kwargs):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = inner(*args, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        log.append((time.perf_counter() - start) * 1e3)
+        return out
+
+    layer.forward = forward
 
 
 def training_job(recipe: str, crop: int, batch: int, device, visual=None):
@@ -302,28 +328,37 @@ def _step_cases(device, quick: bool, full: bool) -> list[Case]:
         names = STEP_OPTIONS if recipe == "famix" else ("public", "ours", "ours in-place")
         options = {k: STEP_OPTIONS[k] for k in names}
 
-        def provider(config, job=job, module=module, dc=dc, recipe=recipe):
+        job.config, job.aug_log, job.aug_ms = None, [], {}
+
+        def provider(name, config, job=job, module=module, dc=dc, recipe=recipe):
+            layer = make_aug(dc, recipe, job.bank, config["aug"], config.get("in_place", False))
+            if layer is not None:
+                timed_forward(layer, job.aug_log, device)
+            job.aug_ms[name] = []
+
             def run():
-                if job.config != config:
-                    configure(job, dc, recipe, **config)
+                if job.config is not config:
+                    configure(job, dc, recipe, layer=layer, **config)
                     job.config = config
+                job.aug_log.clear()
                 run_step(job, module)
+                job.aug_ms[name].append(sum(job.aug_log))
 
             return run
 
-        job.config = None
-        providers = {name: provider(config) for name, config in options.items()}
+        providers = {name: provider(name, config) for name, config in options.items()}
         shape = f"{batch} img {crop}px"
-        cases.append(Case("jobs", f"{recipe} train step", shape, providers, "public", floor=None,
-                          items=(batch, "images")))  # fmt: skip
+        case = Case("jobs", f"{recipe} train step", shape, providers, "public", floor=None, items=(batch, "images"))
+        case.aug_ms = job.aug_ms  # the augmentation's time inside each step, per provider (the job table's share)
+        cases.append(case)
 
         # the augmentation alone, on features and labels of the step's sizes
         gen = torch.Generator().manual_seed(0)
         x = torch.relu(torch.randn(batch, 256, crop // 4, crop // 4, generator=gen)).to(device)
         augs = {
             "public": dc.PublicFamixTransfer(job.bank) if recipe == "famix" else dc.PublicPodaTransfer(job.bank),
-            "ours": configure_aug(dc, recipe, job.bank, in_place=False),
-            "ours in-place": configure_aug(dc, recipe, job.bank, in_place=True),
+            "ours": make_aug(dc, recipe, job.bank, "ours"),
+            "ours in-place": make_aug(dc, recipe, job.bank, "ours", in_place=True),
         }
         for aug in augs.values():
             if hasattr(aug, "set_labels"):
@@ -337,14 +372,6 @@ def _step_cases(device, quick: bool, full: bool) -> list[Case]:
         cases.append(Case("jobs", f"{recipe} augmentation alone", shape + " (layer1)", aug_providers, "public",
                           floor=None, items=(batch, "images")))  # fmt: skip
     return cases
-
-
-def configure_aug(dc, recipe: str, bank, in_place: bool, seed: int = 0):
-    from styleda_fast.nn import StyleBankAugment
-
-    if in_place:
-        return dc.InPlaceBankAugment(bank, recipe, seed)
-    return getattr(StyleBankAugment, recipe)(bank, generator=seed)
 
 
 def cases(device: torch.device, quick: bool, full: bool, compile_baseline: bool) -> list[Case]:
@@ -456,7 +483,7 @@ def augmentation_saved_bytes(recipe: str = "famix", crops=(96, 192), batch: int 
         x = torch.relu(torch.randn(batch, 256, crop // 4, crop // 4, generator=gen)).requires_grad_()
         _, labels = dc.synthetic_batch(batch, crop)
         public = dc.PublicFamixTransfer(bank) if recipe == "famix" else dc.PublicPodaTransfer(bank)
-        for name, aug in (("public", public), ("ours", configure_aug(dc, recipe, bank, in_place=False))):
+        for name, aug in (("public", public), ("ours", make_aug(dc, recipe, bank, "ours"))):
             if hasattr(aug, "set_labels"):
                 aug.set_labels(labels)
             with SavedBytes() as saved:
@@ -564,17 +591,19 @@ def job_table(rows: list[dict], steps: int = STEPS_FULL, templates: int = TEMPLA
             continue
         for provider, r in step.items():
             aug_key = "ours in-place" if "in-place" in provider else "ours" if provider.startswith("ours") else provider
-            if alone and aug_key in alone:
-                aug = alone[aug_key]["ms"]
-                steps_rows.append(
-                    f"| {recipe} | {provider} | {r['ms'] / 1e3:.2f} | {r['spread']:.0%} | {aug:.1f} | "
-                    f"{aug / r['ms']:.1%} |"
-                )
-            else:
-                steps_rows.append(f"| {recipe} | {provider} | {r['ms'] / 1e3:.2f} | {r['spread']:.0%} | | |")
+            alone_ms = f"{alone[aug_key]['ms']:.1f}" if alone and aug_key in alone else ""
+            inside = r.get("aug_in_step_ms")
+            share = f"{inside:.1f} | {inside / r['ms']:.1%}" if inside is not None else " | "
+            step_s = f"{r['ms'] / 1e3:.2f} | {r['spread']:.0%}"
+            steps_rows.append(f"| {recipe} | {provider} | {step_s} | {share} | {alone_ms} |")
     if steps_rows:
-        lines += ["", "| training step | provider | s/step | spread | augmentation ms | augmentation share |",
-                  "| --- | --- | ---: | ---: | ---: | ---: |", *steps_rows]  # fmt: skip
+        lines += [
+            "",
+            "| training step | provider | s/step | spread | augmentation ms in the step | its share of the step"
+            " | augmentation alone ms |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            *steps_rows,
+        ]
     return "\n".join(lines)
 
 
@@ -602,7 +631,12 @@ def interleaved(case: Case, device, rounds: int, log=print) -> list[dict]:
         timing.noise = harness.noise_reason(timing)
         timings[name] = timing
     log(" " + ", ".join(f"{n} {harness.fmt_ms(t.median)} ms" for n, t in timings.items()))
-    return harness.case_rows(case, timings)
+    rows = harness.case_rows(case, timings)
+    for row in rows:  # the augmentation's time inside the timed steps (not the warm-up)
+        inside = getattr(case, "aug_ms", {}).get(row["provider"])
+        if inside and len(inside) > rounds:
+            row["aug_in_step_ms"] = statistics.median(inside[-rounds:])
+    return rows
 
 
 def main(argv=None) -> None:
