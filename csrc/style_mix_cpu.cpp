@@ -273,7 +273,7 @@ at::Tensor empty_output_like(const at::Tensor& x) {
     }
   }
 #endif
-  if (offset == 0 && layout.batch_stride * x.size(0) == x.numel()) return at::empty_strided(x.sizes(), x.strides(), x.options());
+  if (offset == 0 && elements == x.numel()) return at::empty_strided(x.sizes(), x.strides(), x.options());
   return at::empty({elements}, x.options()).as_strided(x.sizes(), x.strides(), offset);
 }
 
@@ -320,7 +320,8 @@ void run_forward(const at::Tensor& x_in, at::Tensor* out, const PatchGrid& g, do
     for_each_task<scalar_t>(layout, g, [&](const auto& t, int64_t b, const auto& param, const auto& count,
                                            Scratch<A>& scratch) {
 #ifdef STYLEDA_FAST_HAVE_AVX2_KERNELS
-      if (use_avx2()) return avx2::forward_task<scalar_t>(x.image(b), y.image(b), t, param, count, eps, relu, prm, scratch);
+      if (use_avx2())
+        return avx2::forward_task<scalar_t>(x.image(b), y.image(b), t, param, count, eps, relu, prm, scratch);
 #endif
       generic::forward_task<scalar_t>(x.image(b), y.image(b), t, param, count, eps, relu, prm, scratch);
     });
