@@ -42,6 +42,8 @@ step benchmark
 timeout 120 python -m styleda_fast.cli bench --device cuda --family style_mix --out "$OUT/style_mix" > "$OUT/bench.log" 2>&1 || status=1
 timeout 60 python -m styleda_fast.cli bench --device cuda --family famix_step --family class_stats --family text --family mining \
   --no-compile --out "$OUT/others" >> "$OUT/bench.log" 2>&1 || status=1
+timeout 150 python -m styleda_fast.cli bench --device cuda --family nn --family vit --family jobs --no-compile \
+  --out "$OUT/layers_and_jobs" >> "$OUT/bench.log" 2>&1 || status=1
 cat "$OUT/bench.log"
 
 step "bandwidth targets (benchmarks/gpu_targets.md)"
