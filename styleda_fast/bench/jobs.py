@@ -607,9 +607,10 @@ def job_table(rows: list[dict], steps: int = STEPS_FULL, templates: int = TEMPLA
     return "\n".join(lines)
 
 
-def interleaved(case: Case, device, rounds: int, log=print) -> list[dict]:
-    """Time ``case``'s providers in turns (one call each per round, after one warm-up call each), so that a change
-    in the machine's load during the run slows all providers alike; rows as the harness makes them."""
+def interleaved(cases: list[Case], device, rounds: int, log=print) -> list[dict]:
+    """Time the providers of ``cases`` in turns (one call of each provider of each case per round, after one
+    warm-up call each), so that changes in the machine's load during the run reach all of them alike (the job
+    table combines several cases); rows as the harness makes them."""
     from styleda_fast.bench import harness
 
     def timed(fn) -> float:
@@ -619,23 +620,28 @@ def interleaved(case: Case, device, rounds: int, log=print) -> list[dict]:
             torch.cuda.synchronize(device)
         return (time.perf_counter() - start) * 1e3
 
-    first = {name: timed(fn) for name, fn in case.providers.items()}
-    samples: dict[str, list[float]] = {name: [] for name in case.providers}
+    calls = [(case, name, fn) for case in cases for name, fn in case.providers.items()]
+    first = {(id(case), name): timed(fn) for case, name, fn in calls}
+    samples: dict[tuple[int, str], list[float]] = {key: [] for key in first}
     for _ in range(rounds):
-        for name, fn in case.providers.items():
-            samples[name].append(timed(fn))
+        for case, name, fn in calls:
+            samples[id(case), name].append(timed(fn))
         log(".", end="", flush=True)
-    timings = {}
-    for name, values in samples.items():
-        timing = harness.Timing(values, first[name])
-        timing.noise = harness.noise_reason(timing)
-        timings[name] = timing
-    log(" " + ", ".join(f"{n} {harness.fmt_ms(t.median)} ms" for n, t in timings.items()))
-    rows = harness.case_rows(case, timings)
-    for row in rows:  # the augmentation's time inside the timed steps (not the warm-up)
-        inside = getattr(case, "aug_ms", {}).get(row["provider"])
-        if inside and len(inside) > rounds:
-            row["aug_in_step_ms"] = statistics.median(inside[-rounds:])
+    log("")
+    rows = []
+    for case in cases:
+        timings = {}
+        for name in case.providers:
+            timing = harness.Timing(samples[id(case), name], first[id(case), name])
+            timing.noise = harness.noise_reason(timing)
+            timings[name] = timing
+        log(f"  {case.name}: " + ", ".join(f"{n} {harness.fmt_ms(t.median)} ms" for n, t in timings.items()))
+        case_rows = harness.case_rows(case, timings)
+        for row in case_rows:  # the augmentation's time inside the timed steps (not the warm-up)
+            inside = getattr(case, "aug_ms", {}).get(row["provider"])
+            if inside and len(inside) > rounds:
+                row["aug_in_step_ms"] = statistics.median(inside[-rounds:])
+        rows += case_rows
     return rows
 
 
@@ -660,9 +666,13 @@ def main(argv=None) -> None:
     todo = (_mining_cases(device, args.quick, args.full) if "mining" in only else []) + (
         _step_cases(device, args.quick, args.full) if "steps" in only else []
     )
-    for k, case in enumerate(todo, 1):
-        print(f"[{k}/{len(todo)}] {case.name} {case.shape}:", end="", flush=True)
-        rows += interleaved(case, device, args.rounds)
+    groups: dict[str, list[Case]] = {}  # the cases one job-table line combines are timed together
+    for case in todo:
+        key = case.name.split()[0] + (" training" if "train" in case.name or "alone" in case.name else " mining")
+        groups.setdefault(key, []).append(case)
+    for k, (key, group) in enumerate(groups.items(), 1):
+        print(f"[{k}/{len(groups)}] {key}: {', '.join(c.name for c in group)}", end="", flush=True)
+        rows += interleaved(group, device, args.rounds)
     if rows:
         print(harness.format_table(rows))
         print()
