@@ -34,7 +34,7 @@ Memory options (``--in-place``, ``--checkpoint``: the same numbers, bit for bit;
 
 Our augmentation saves for backward only what its gradient needs, and here, with the backbone frozen up to
 ``layer1``, nothing at all (neither does the public code, whose cost is transient: about ten feature-sized maps
-while it runs). ``docs/jobs.md`` has the measured sizes at crop 768, batch 8.
+while it runs). ``styleda-fast bench --family jobs`` prints the estimated sizes at crop 768, batch 8.
 
     python examples/famix_train_step.py --crop 288 --batch 2 --in-place --checkpoint
 """
