@@ -159,15 +159,18 @@ def file_kind(path) -> str | None:
     return None if stat.S_ISREG(mode) else _kind(mode)
 
 
-def open_regular(path) -> tuple[int, int]:
-    """Open ``path`` for reading without blocking (a FIFO would wait for a writer), check it is a regular file.
-    Returns ``(fd, size)``; ``FileNotFoundError`` (an ``OSError``) if missing, :class:`NotRegularFileError` else."""
+def open_regular(path, budget: Budget | None = None) -> tuple[int, int]:
+    """Open ``path`` for reading without blocking (a FIFO would wait for a writer), check it is a regular file (and,
+    with ``budget``, that its size fits). Returns ``(fd, size)``; ``FileNotFoundError`` (an ``OSError``) if missing,
+    :class:`NotRegularFileError` if not a regular file, the budget's ``ValueError`` if too large."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
     fd = os.open(path, flags)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise NotRegularFileError(f"{path!r} is {_kind(info.st_mode)}, not a regular file; refusing to read it")
+        if budget is not None:
+            budget.check_size(info.st_size, f"the file {path!r}")
     except BaseException:
         os.close(fd)
         raise
@@ -190,12 +193,7 @@ def read_fd(fd: int, size: int, path) -> bytes:
 
 
 def read_regular_file(path, budget: Budget) -> bytes:
-    fd, size = open_regular(path)
-    try:
-        budget.check_size(size, f"the file {path!r}")
-    except BaseException:
-        os.close(fd)
-        raise
+    fd, size = open_regular(path, budget)
     return read_fd(fd, size, path)
 
 

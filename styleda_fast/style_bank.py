@@ -684,12 +684,7 @@ def _check_safetensors_header(path, budget: Budget) -> None:
     """Check what a safetensors file declares against its size before anything is loaded: the header length, each
     tensor's dtype, shape and byte range, and the file size against ``max_bytes``."""
     where = repr(path)
-    fd, size = open_regular(path)
-    try:
-        budget.check_size(size, f"the file {where}")
-    except BaseException:
-        os.close(fd)
-        raise
+    fd, size = open_regular(path, budget)
     bad = f"{where} is not a readable safetensors style bank (truncated or corrupt?)"
     with open(fd, "rb", closefd=True) as f:
         head = f.read(8)
