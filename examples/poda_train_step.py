@@ -28,9 +28,7 @@ original), the same numbers without a second feature map.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -41,44 +39,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import deeplab_clip as dc  # noqa: E402
 
 from styleda_fast import StyleBank  # noqa: E402
-from styleda_fast.memory import SavedBytes, format_bytes, state_bytes  # noqa: E402
-from styleda_fast.nn import StyleBankAugment, insert  # noqa: E402
+from styleda_fast.memory import SavedBytes  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--crop", type=int, default=768, help="crop size, a multiple of 16 (default 768)")
-    p.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--clip-weights", default="none", help="none (random, offline), openai, or a state dict PATH")
-    p.add_argument("--bank", help="StyleBank file of PODA styles (default: a random bank)")
-    p.add_argument("--aug", choices=["ours", "public", "none"], default="ours", help="augmentation (default ours)")
-    p.add_argument("--in-place", action="store_true", help="augment the layer1 output in place")
-    p.add_argument("--lr", type=float, default=0.01, help="head lr (default 0.01)")
-    p.add_argument("--total-iters", type=int, default=2000, help="poly schedule length (default 2000)")
-    p.add_argument("--steps", type=int, default=1, help="training steps to run (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="model dtype (tests)")
+    dc.add_step_arguments(p, recipe="poda", lr=0.01, lr_help="head lr (default 0.01)", total_iters=2000)
     args = p.parse_args(argv)
     if args.crop % 16:
         p.error("--crop must be a multiple of 16 (output stride 16)")
-    if args.in_place and args.aug != "ours":
-        p.error("--in-place is an option of --aug ours")
+    dc.check_step_arguments(p, args)
     return args
 
 
-@dataclasses.dataclass
-class Job:
-    model: dc.SegmentationModel
-    aug: nn.Module | None
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    criterion: nn.Module
-    images: Tensor
-    labels: Tensor
-
-
-def build(args: argparse.Namespace, visual: nn.Module | None = None) -> Job:
+def build(args: argparse.Namespace, visual: nn.Module | None = None) -> dc.Job:
     """The model, augmentation, optimizer and a synthetic batch; ``visual`` (a CLIP image tower) is used as given
     (modified in place) instead of loading one."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -90,27 +65,16 @@ def build(args: argparse.Namespace, visual: nn.Module | None = None) -> Job:
     model.to(device, dtype).train()
 
     bank = StyleBank.load(args.bank, map_location=device) if args.bank else dc.random_bank(False).to(device)
-    if args.aug == "ours":
-        aug = (
-            dc.InPlaceBankAugment(bank, "poda", args.seed)
-            if args.in_place
-            else StyleBankAugment.poda(bank, generator=args.seed)
-        )
-    elif args.aug == "public":
-        aug = dc.PublicPodaTransfer(bank, seed=args.seed)
-    else:
-        aug = None
-    if aug is not None:
-        insert(model, "backbone.layer1", aug)
+    aug = dc.attach_augmentation(model, bank, "poda", args)
 
     optimizer = torch.optim.SGD(model.classifier.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     scheduler = dc.poly_schedule(optimizer, args.total_iters)
     criterion = nn.CrossEntropyLoss(ignore_index=dc.IGNORE)
     images, labels = dc.synthetic_batch(args.batch, args.crop, seed=args.seed, dtype=dtype)
-    return Job(model, aug, optimizer, scheduler, criterion, images.to(device), labels.to(device))
+    return dc.Job(model, aug, optimizer, scheduler, criterion, images.to(device), labels.to(device))
 
 
-def forward_loss(job: Job, saved: SavedBytes | None = None) -> Tensor:
+def forward_loss(job: dc.Job, saved: SavedBytes | None = None) -> Tensor:
     """The forward pass and the loss (``saved``: counts what autograd keeps for backward meanwhile)."""
     if saved is None:
         return job.criterion(job.model(job.images), job.labels)
@@ -118,39 +82,19 @@ def forward_loss(job: Job, saved: SavedBytes | None = None) -> Tensor:
         return job.criterion(job.model(job.images), job.labels)
 
 
-def forward_backward(job: Job) -> Tensor:
+def forward_backward(job: dc.Job) -> Tensor:
     """Gradients of one step (no update); returns the loss."""
-    job.optimizer.zero_grad(set_to_none=True)
-    loss = forward_loss(job)
-    loss.backward()
-    return loss.detach()
+    return dc.forward_backward(job, forward_loss)
 
 
-def step(job: Job) -> Tensor:
+def step(job: dc.Job) -> Tensor:
     """One training step: forward, backward, SGD update, schedule; returns the loss."""
-    loss = forward_backward(job)
-    job.optimizer.step()
-    job.scheduler.step()
-    return loss
+    return dc.step(job, forward_loss)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    job = build(args)
-    for k in range(args.steps):
-        start = time.perf_counter()
-        loss = step(job)
-        if job.images.device.type == "cuda":
-            torch.cuda.synchronize()
-        print(f"step {k + 1}: loss {loss.item():.4f} ({time.perf_counter() - start:.2f} s)")
-    saved = SavedBytes(exclude=job.model.parameters())
-    loss = forward_loss(job, saved)  # one more forward, to count what autograd keeps (no backward)
-    state = state_bytes(job.model, job.optimizer)
-    print(
-        f"held for backward: {format_bytes(saved.bytes)} saved activations + {format_bytes(state['total'])} "
-        f"parameters, buffers, gradients and momentum (crop {args.crop}, batch {args.batch})"
-    )
-    return {"loss": loss.item(), "saved_bytes": saved.bytes, "state_bytes": state["total"]}
+    return dc.run_steps(args, build(args), forward_loss)
 
 
 if __name__ == "__main__":
