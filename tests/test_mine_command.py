@@ -20,23 +20,31 @@ from styleda_fast.style_bank import StyleBank  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """5 RGB images of 64x64 and their train-id label maps (blocks of classes, some ignore pixels)."""
-    root = tmp_path_factory.mktemp("data")
+def write_dataset(root, count: int, size: tuple[int, int], seed: int, label_of, stem: str = "c{i}"):
+    """``count`` random RGB images of ``size = (H, W)`` in ``root/images`` and their train-id maps, made by
+    ``label_of(rng)``, in ``root/labels`` (Cityscapes file names); returns the two folders."""
     images, labels = root / "images", root / "labels"
     images.mkdir()
     labels.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
-            images / f"city_{i:02d}_leftImg8bit.png"
-        )
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        name = stem.format(i=i)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(images / f"{name}_leftImg8bit.png")
+        Image.fromarray(label_of(rng)).save(labels / f"{name}_gtFine_labelTrainIds.png")
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """5 RGB images of 64x64 and their train-id label maps (blocks of classes, some ignore pixels)."""
+
+    def label_of(rng):
         label = np.full((64, 64), 255, dtype=np.uint8)
         label[:40, :] = rng.choice([0, 2, 8, 10])
         label[40:, :30] = rng.choice([1, 11, 13])
-        Image.fromarray(label).save(labels / f"city_{i:02d}_gtFine_labelTrainIds.png")
-    return images, labels
+        return label
+
+    return write_dataset(tmp_path_factory.mktemp("data"), 5, (64, 64), 0, label_of, stem="city_{i:02d}")
 
 
 def mine(*args, nproc: int = 1, check: bool = True, env: dict | None = None, timeout: float = 600,

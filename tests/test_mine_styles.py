@@ -9,9 +9,8 @@ import torch
 
 pytest.importorskip("open_clip")
 import test_mine_command as shared  # noqa: E402
-from PIL import Image  # noqa: E402
 from test_mine_checks import assert_one_line_error  # noqa: E402
-from test_mine_command import mine  # noqa: E402
+from test_mine_command import mine, write_dataset  # noqa: E402
 
 from styleda_fast.style_bank import StyleBank  # noqa: E402
 
@@ -44,15 +43,13 @@ def test_mined_std_is_never_negative_by_default(dataset, tmp_path):
 def test_patch_bank_has_fallback_styles_and_a_class_report(tmp_path):
     """Label maps without any ignore pixel: no patch is of class 255, yet each chunk mines one fallback style, so
     classes never seen can be sampled; the report names the classes and their counts."""
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(images / f"c{i}_leftImg8bit.png")
+
+    def label_of(rng):
         label = np.zeros((64, 64), dtype=np.uint8)  # road
         label[:, 32:] = 13  # car
-        Image.fromarray(label).save(labels / f"c{i}_gtFine_labelTrainIds.png")
+        return label
+
+    images, labels = write_dataset(tmp_path, 3, (64, 64), 2, label_of)
     out = tmp_path / "bank.safetensors"
     done = mine("--images", str(images), "--labels", str(labels), "--class-styles", "--mode", "patch", "--grid", "2",
                 "--out", str(out))  # fmt: skip

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +9,9 @@ import pytest
 import torch
 
 pytest.importorskip("open_clip")
-from PIL import Image  # noqa: E402
+
+from test_mine_command import mine as mine_command  # noqa: E402
+from test_mine_command import write_dataset  # noqa: E402
 
 from styleda_fast.style_bank import StyleBank  # noqa: E402
 
@@ -22,28 +21,18 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """3 RGB images of 80x72 and their train-id label maps."""
-    root = tmp_path_factory.mktemp("vit-data")
-    images, labels = root / "images", root / "labels"
-    images.mkdir()
-    labels.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(images / f"c{i}_leftImg8bit.png")
+
+    def label_of(rng):
         label = np.full((72, 80), 255, dtype=np.uint8)
         label[:40] = rng.choice([0, 2, 8])
         label[40:, :40] = rng.choice([11, 13])
-        Image.fromarray(label).save(labels / f"c{i}_gtFine_labelTrainIds.png")
-    return images, labels
+        return label
+
+    return write_dataset(tmp_path_factory.mktemp("vit-data"), 3, (72, 80), 1, label_of)
 
 
 def mine(*args, check=True):
-    common = ["--clip-weights", "none", "--steps", "1", "--batch-size", "2", "--seed", "3", "--templates", "2"]
-    command = [sys.executable, "-m", "styleda_fast.cli", "mine", *common, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    if check:
-        assert done.returncode == 0, done.stdout + done.stderr
-    return done
+    return mine_command(*args, check=check, timeout=900)
 
 
 def test_global_and_patch_mining_on_vit_tokens(dataset, tmp_path):
