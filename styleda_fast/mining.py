@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import math
 from collections.abc import Callable
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from styleda_fast import clip_cosine_loss, local_style_mix, noisy_style_features, patch_mean_std
-from styleda_fast._checks import check_features, check_int
+from styleda_fast._checks import check_features, check_int, check_number
 from styleda_fast.tokens import grid_as_tokens, grid_prefix, tokens_as_grid
 
 STD_FLOOR = 1e-5**0.5
@@ -322,15 +321,6 @@ def _item_weights(reference_batch_size, n: int, device) -> Tensor:
     )
 
 
-def _check_float(value, name: str, minimum: float = 0.0) -> float:
-    """``value`` must be a finite real number (not a bool) ``>= minimum``: ``TypeError`` / ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
-    return float(value)
-
-
 def mine_styles(
     tail: nn.Module,
     content: Tensor,
@@ -424,8 +414,8 @@ def mine_styles(
         raise ValueError(f"targets is on {targets.device} but content is on {content.device}")
     check_int(steps, "steps", 0)
     for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-        _check_float(value, name)
-    _check_float(feature_noise, "feature_noise")
+        check_number(value, name)
+    check_number(feature_noise, "feature_noise")
     if seed is not None:
         check_int(seed, "seed")
     check_int(item_offset, "item_offset", 0)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from styleda_fast._checks import check_int
+from styleda_fast._checks import check_bool, check_int
 from styleda_fast._safe_load import (
     DEFAULT_MAX_BYTES,
     Budget,
@@ -91,12 +91,6 @@ def _check_clamp(clamp) -> float | None:
     if not math.isfinite(clamp) or clamp < 0:
         raise ValueError(f"clamp_negative_std must be a finite float >= 0 or None, got {clamp!r}")
     return float(clamp)
-
-
-def _check_flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
-    return value
 
 
 def _negative_std(std: Tensor, clamp: float | None, where: str) -> Tensor:
@@ -265,7 +259,7 @@ class StyleBank:
         mean, std = tensors
         if mean.shape != std.shape:
             raise ValueError(f"mean {tuple(mean.shape)} and std {tuple(std.shape)} must have the same shape")
-        negative = 0 if _check_flag(allow_negative_std, "allow_negative_std") else int((std < 0).sum())
+        negative = 0 if check_bool(allow_negative_std, "allow_negative_std") else int((std < 0).sum())
         if negative:
             raise ValueError(
                 f"std must be >= 0: {negative} of {std.numel()} values are negative (min {float(std.min()):.4g})"
@@ -434,7 +428,7 @@ class StyleBank:
 
         path = check_path(path)
         device = _check_device(map_location, "map_location")
-        verify = _check_flag(verify, "verify")
+        verify = check_bool(verify, "verify")
         budget = Budget(max_bytes)
         clamp = _check_clamp(clamp_negative_std)
         where = repr(path)
@@ -491,7 +485,7 @@ class StyleBank:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{where} has invalid StyleBank metadata: {short(str(exc), 200)}") from None
-        allow_negative_std = _check_flag(allow_negative_std, "allow_negative_std")
+        allow_negative_std = check_bool(allow_negative_std, "allow_negative_std")
         std = tensors["std"]
         if std.is_floating_point() and not allow_negative_std:
             std = _negative_std(std, clamp, where)
