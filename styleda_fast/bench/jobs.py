@@ -93,7 +93,7 @@ def _clip(device):
 def mining_batch(n: int, crop: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` CLIP-normalized-like random images and label maps of 6x6 blocks whose classes follow a skewed
     frequency (1/rank: road, building, vegetation... common, trains rare; about 5% unlabelled), so that a batch of
-    16 has about as many distinct dominant patch classes as a driving-scene batch (9 to 13 here)."""
+    16 has about as many distinct dominant patch classes as a driving-scene batch (8 to 13 here)."""
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 3, crop, crop, generator=gen)
     weights = 1.0 / torch.arange(1, 20, dtype=torch.float64)
