@@ -129,16 +129,25 @@ def test_famix_finetune_last_block_only(famix, visual):
 
 
 def test_poda_main_runs_and_in_place_matches(poda, visual, capsys):
+    from styleda_fast.nn import insert, remove
+
     result = poda.main(["--crop", str(CROP), "--batch", str(BATCH), "--device", "cpu"])
     assert torch.isfinite(torch.tensor(result["loss"])) and result["saved_bytes"] > 0
     assert "held for backward" in capsys.readouterr().out
-    losses = []
-    for options in ([], ["--in-place"]):
-        args = poda.parse_args(["--crop", str(CROP), "--batch", str(BATCH), "--device", "cpu", *options])
-        job = poda.build(args, visual=copy.deepcopy(visual))
-        losses.append(poda.forward_backward(job))
-        assert all(not p.requires_grad for p in job.model.backbone.parameters())
-    torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=0)
+    job = poda.build(poda.parse_args(["--crop", str(CROP), "--batch", str(BATCH), "--device", "cpu"]),
+                     visual=copy.deepcopy(visual))  # fmt: skip
+    assert all(not p.requires_grad for p in job.model.backbone.parameters())
+    initial = copy.deepcopy(job.model.state_dict())
+    torch.manual_seed(0)
+    loss = poda.forward_backward(job)
+    grads = _grads(job)
+    job.model.load_state_dict(initial)
+    remove(job.model)
+    insert(job.model, "backbone.layer1", poda.dc.InPlaceBankAugment(job.aug.bank, "poda", seed=0))
+    torch.manual_seed(0)
+    torch.testing.assert_close(poda.forward_backward(job), loss, rtol=0, atol=0)
+    for name, g in _grads(job).items():
+        torch.testing.assert_close(g, grads[name], rtol=0, atol=0, msg=name)
 
 
 def test_saved_bytes_counts_storages_once_and_checkpoints_keep_their_inputs():

@@ -13,9 +13,10 @@ Mining (one public batch of images per call; the throughput column is images/s):
   no anomaly detection, the prompt encoded once per run (not timed, on either side).
 * ``ours``: the engine of ``styleda-fast mine`` on the same images: ``clip_image_head`` under ``no_grad``,
   ``select_patches``, ``famix_descriptions`` + ``encode_prompts`` (no grad, the templates of all classes
-  batched; the command also caches them across batches, not counted here), ``mine_styles`` (the same styles as
-  the public loop, float32). ``ours fast``: with the documented fast options, bfloat16 autocast of the encoder tail
-  and text targets encoded ahead of the run (a one-time cost, not timed).
+  batched; the command also caches them across a run: :func:`job_table` accounts for that), ``mine_styles``
+  (float32; the same patches and algorithm as the public loop, whose prompts draw their style words from another
+  generator). ``ours fast``: with the documented fast options, bfloat16 autocast of the encoder tail and text
+  targets encoded ahead of the run (a one-time cost, not timed).
 
 On a CPU (the default) a call mines 1 or 3 steps of one batch with a few prompt templates (the case names say
 how many); :func:`job_table` extrapolates to 100 steps and 80 templates from those cases and the ``prompts``
@@ -24,14 +25,14 @@ case. ``full=True`` (for a GPU) runs the public settings: 16 images at crop 768,
 Training step (forward, backward, SGD step of ``examples/{poda,famix}_train_step.py``): the public augmentation
 code (``reference_public``) against ours, then ours with the memory options (``in-place``: the augmentation
 written into the ``layer1`` output; ``ckpt``: ``layer4`` recomputed in the backward pass; ``bf16``: autocast).
-A second case per recipe times the augmentation alone on the same-sized features, in the same run, for its share
-of the step. CPU default: crop 288, batch 2 (``full``: crop 768, batch 8).
+The augmentation's calls are timed inside each step (its share of the step in the job table); a second case per
+recipe times it alone on same-sized features. CPU default: crop 288, batch 2 (``full``: crop 768, batch 8).
 
 Memory (not timed): :func:`memory_table` counts, per option combination, the bytes autograd saves for backward
-(``styleda_fast.memory.SavedBytes``), the peak of the tensors alive during forward + backward
-(``LiveBytes``) and the model's state (parameters, gradients, momentum), at two small crops, and extrapolates
-linearly in pixels (and batch) to crop 768, batch 8. ``python -m styleda_fast.bench.jobs`` runs the cases and
-prints both tables.
+(``styleda_fast.memory.SavedBytes``), the peak of the tensors alive during forward + backward (``LiveBytes``,
+parameter gradients included) and the model's state (parameters, buffers, momentum), at two small crops, and
+extrapolates linearly in pixels x batch to crop 768, batch 8. ``python -m styleda_fast.bench.jobs`` times the
+cases in turns (a recipe's cases together) and prints the job and memory tables.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import sys
 import time
 from pathlib import Path
 
+import open_clip  # noqa: F401  (the harness skips the family, with a hint, where it is missing)
 import torch
 
 from styleda_fast import CITYSCAPES_CLASSES, FAMIX_STYLES, IMAGENET_TEMPLATES, encode_prompts, famix_descriptions
@@ -91,7 +93,7 @@ def _clip(device):
 def mining_batch(n: int, crop: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` CLIP-normalized-like random images and label maps of 6x6 blocks whose classes follow a skewed
     frequency (1/rank: road, building, vegetation... common, trains rare; about 5% unlabelled), so that a batch of
-    16 has about as many distinct dominant patch classes as a driving-scene batch (9 to 13 here)."""
+    16 has about as many distinct dominant patch classes as a driving-scene batch (8 to 13 here)."""
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 3, crop, crop, generator=gen)
     weights = 1.0 / torch.arange(1, 20, dtype=torch.float64)
@@ -523,7 +525,7 @@ GTA5_BATCHES = 24_966 // 16  # batches of 16 in a FAMix mining run over GTA5
 DESCRIPTIONS = len(FAMIX_STYLES) * 20  # "<style> <class>" pairs (19 classes + "photo"): what a run-long cache holds
 
 
-def job_table(rows: list[dict], steps: int = STEPS_FULL, templates: int = TEMPLATES_FULL) -> str:
+def job_table(rows: list[dict], steps: int = STEPS_FULL, templates: int = TEMPLATES_FULL, key: str = "ms") -> str:
     """Seconds per image of whole mining jobs at ``steps`` steps and ``templates`` templates, and the training steps
     with the augmentation's share (medians).
 
@@ -531,10 +533,14 @@ def job_table(rows: list[dict], steps: int = STEPS_FULL, templates: int = TEMPLA
     ``prompts`` case) scaled from the templates used to ``templates``. ``ours`` encodes its prompts every batch
     (as the public code); ``ours, cached`` as ``styleda-fast mine`` over a GTA5-sized run, which encodes each
     "<style> <class>" description once (at most 400 for 1560 batches); ``ours fast`` with the targets encoded
-    ahead and bfloat16 autocast. A ``full`` run's 100-step cases are used as they are."""
+    ahead and bfloat16 autocast. A ``full`` run's 100-step cases are used as they are. ``key``: ``"ms"`` (median
+    wall time) or ``"cpu_ms"`` (median process CPU time, all threads: what a single-threaded run on a busy machine
+    reports most steadily)."""
     by_case: dict[str, dict[str, dict]] = {}
+    wall: dict[str, dict[str, dict]] = {}
     for r in rows:
-        by_case.setdefault(r["case"], {})[r["provider"]] = r
+        wall.setdefault(r["case"], {})[r["provider"]] = r
+        by_case.setdefault(r["case"], {})[r["provider"]] = {**r, "ms": r[key], "images": _items(r)}
 
     def find(prefix):
         return next((by_case[c] for c in by_case if c.startswith(prefix)), None)
@@ -555,7 +561,7 @@ def job_table(rows: list[dict], steps: int = STEPS_FULL, templates: int = TEMPLA
         for provider in ("public", "ours", "ours fast"):
             if full:
                 r = full[provider]
-                result[provider] = r["ms"] / 1e3 / _items(r)
+                result[provider] = r["ms"] / 1e3 / r["images"]
                 continue
             if not (one and three):
                 continue
@@ -568,8 +574,8 @@ def job_table(rows: list[dict], steps: int = STEPS_FULL, templates: int = TEMPLA
                 if provider == "ours":
                     encoded = min(1.0, DESCRIPTIONS / (GTA5_BATCHES * classes))
                     cached = total - (1 - encoded) * templates / used * text
-                    result["ours, cached"] = cached / 1e3 / _items(r1)
-            result[provider] = total / 1e3 / _items(r1)
+                    result["ours, cached"] = cached / 1e3 / r1["images"]
+            result[provider] = total / 1e3 / r1["images"]
         mining.append((recipe, result))
     if mining:
         lines += [
@@ -586,7 +592,7 @@ def job_table(rows: list[dict], steps: int = STEPS_FULL, templates: int = TEMPLA
                 )
     steps_rows = []
     for recipe in ("famix", "poda"):
-        step, alone = by_case.get(f"{recipe} train step"), by_case.get(f"{recipe} augmentation alone")
+        step, alone = wall.get(f"{recipe} train step"), wall.get(f"{recipe} augmentation alone")
         if not step:
             continue
         for provider, r in step.items():
@@ -596,7 +602,7 @@ def job_table(rows: list[dict], steps: int = STEPS_FULL, templates: int = TEMPLA
             share = f"{inside:.1f} | {inside / r['ms']:.1%}" if inside is not None else " | "
             step_s = f"{r['ms'] / 1e3:.2f} | {r['spread']:.0%}"
             steps_rows.append(f"| {recipe} | {provider} | {step_s} | {share} | {alone_ms} |")
-    if steps_rows:
+    if steps_rows and key == "ms":  # the augmentation's share: wall times of the step and of its calls in it
         lines += [
             "",
             "| training step | provider | s/step | spread | augmentation ms in the step | its share of the step"
@@ -613,19 +619,22 @@ def interleaved(cases: list[Case], device, rounds: int, log=print) -> list[dict]
     table combines several cases); rows as the harness makes them."""
     from styleda_fast.bench import harness
 
-    def timed(fn) -> float:
-        start = time.perf_counter()
+    cpu: dict[tuple[int, str], list[float]] = {}
+
+    def timed(fn, key) -> float:
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        cpu.setdefault(key, []).append((time.process_time() - start_cpu) * 1e3)
         return (time.perf_counter() - start) * 1e3
 
     calls = [(case, name, fn) for case in cases for name, fn in case.providers.items()]
-    first = {(id(case), name): timed(fn) for case, name, fn in calls}
+    first = {(id(case), name): timed(fn, (id(case), name)) for case, name, fn in calls}
     samples: dict[tuple[int, str], list[float]] = {key: [] for key in first}
     for _ in range(rounds):
         for case, name, fn in calls:
-            samples[id(case), name].append(timed(fn))
+            samples[id(case), name].append(timed(fn, (id(case), name)))
         log(".", end="", flush=True)
     log("")
     rows = []
@@ -637,7 +646,8 @@ def interleaved(cases: list[Case], device, rounds: int, log=print) -> list[dict]
             timings[name] = timing
         log(f"  {case.name}: " + ", ".join(f"{n} {harness.fmt_ms(t.median)} ms" for n, t in timings.items()))
         case_rows = harness.case_rows(case, timings)
-        for row in case_rows:  # the augmentation's time inside the timed steps (not the warm-up)
+        for row in case_rows:  # process CPU time (all threads); the augmentation's time inside the timed steps
+            row["cpu_ms"] = statistics.median(cpu[id(case), row["provider"]][1:])
             inside = getattr(case, "aug_ms", {}).get(row["provider"])
             if inside and len(inside) > rounds:
                 row["aug_in_step_ms"] = statistics.median(inside[-rounds:])
@@ -657,9 +667,13 @@ def main(argv=None) -> None:
     p.add_argument("--full", action="store_true")
     p.add_argument("--only", choices=["mining", "steps", "memory"], action="append")
     p.add_argument("--rounds", type=int, default=5, help="calls per provider, in turns (default 5)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--json", help="write the rows and tables here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"{torch.get_num_threads()} threads, load {__import__('os').getloadavg()[0]:.1f}")
     only = set(args.only or ("mining", "steps", "memory"))
     load_examples()
     rows = []
@@ -675,8 +689,10 @@ def main(argv=None) -> None:
         rows += interleaved(group, device, args.rounds)
     if rows:
         print(harness.format_table(rows))
-        print()
+        print("\nwall time (medians):")
         print(job_table(rows))
+        print("\nprocess CPU time, all threads (medians):")
+        print(job_table(rows, key="cpu_ms"))
     memory = []
     if "memory" in only:
         crops = (48, 96) if args.quick else (96, 192)
