@@ -250,6 +250,13 @@ def kernel_output_geometry(x: Tensor) -> tuple[tuple[int, ...], int, int]:
     return tuple(x.stride()), stride_b - C * H * W, B * stride_b
 
 
+def empty_kernel_output(x: Tensor) -> Tensor:
+    """A fresh ``(B, C, H, W)`` output as the style-mix kernels (C++ and Triton) allocate it for input ``x``: the
+    geometry of :func:`kernel_output_geometry`, uninitialised."""
+    strides, offset, elements = kernel_output_geometry(x)
+    return torch.empty((elements,), dtype=x.dtype, device=x.device).as_strided(x.shape, strides, offset)
+
+
 def per_item(value, name: str, B: int, C: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """``(C,)``, ``(B, C)`` or ``(B, C, 1, 1)`` (or anything broadcasting to ``(B, C)``) -> contiguous ``(B, C)``."""
     check_float_tensor(value, name)

@@ -115,7 +115,7 @@ def test_forward_on_the_token_view_equals_a_copy(backend, B, prefix, h, w, C, gr
     assert_close(y_id, y_id_nchw)
     assert_close(mean, mean_nchw)
     assert_close(std, std_nchw)
-    if backend == "cpp":  # the same kernel in the same order as on a channels_last tensor, with x's strides
+    if backend != "reference":  # the same kernel in the same order as on a channels_last tensor, with x's strides
         assert torch.equal(y, y_cl)
         assert y.stride() == view.stride()
         assert grid_prefix(y) == prefix

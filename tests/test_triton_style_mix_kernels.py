@@ -121,6 +121,47 @@ def test_local_style_mix_into(channels_last, in_place, tiling):
     assert_close(out, expected, torch.float32)
 
 
+def _token_grid(B, prefix, h, w, C, seed):
+    """A ViT's patch tokens as a (B, C, h, w) channels-last view, images (prefix + h*w) * C elements apart."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = (torch.randn(B, prefix + h * w, C, generator=gen) * 2 + 3).to(DEVICE)
+    return tokens, tokens[:, prefix:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("prefix", [1, 4])
+def test_token_grids_are_addressed_in_place(prefix, tiling, poisoned):
+    """Each tensor keeps its own batch stride: the plan reads the token view itself (no copy), fresh outputs and
+    gradients get its strides, out= writes only the patch tokens, grad_out may be a token view too."""
+    B, h, w, C, grid = 3, 7, 6, 24, (2, 3)
+    tokens, x = _token_grid(B, prefix, h, w, C, seed=11)
+    _, target_mean, target_std, mix = make_inputs((B, C, h, w), grid, torch.float32, channels_last=True)
+    plan = style_mix.plan_forward(x, torch.empty_like(x), *style_mix._new_patch_params(x, *grid), target_mean,
+                                  target_std, mix, *grid, True, EPS)[0]
+    assert plan.args[0] is x and plan.constexprs["CHANNELS_LAST"]
+    expected, _, _ = reference_forward(x, target_mean, target_std, mix, grid, True)
+    out, mean, std = poisoned(style_mix.local_style_mix, x, target_mean, target_std, mix, *grid, True, EPS)
+    assert out.stride() == x.stride() and out.storage_offset() == prefix * C
+    assert_close(out, expected, torch.float32)
+    # into another token grid, and into a dense channels_last tensor, from the token view
+    other_tokens, other = _token_grid(B, prefix, h, w, C, seed=12)
+    other_prefix = other_tokens[:, :prefix].clone()
+    dense = torch.full((B, C, h, w), float("nan"), device=DEVICE).contiguous(memory_format=torch.channels_last)
+    for target in (other, dense):
+        style_mix.local_style_mix_into(x, target_mean, target_std, mix, *grid, True, EPS, target)
+        assert_close(target, expected, torch.float32)
+    assert torch.equal(other_tokens[:, :prefix], other_prefix), "prefix tokens of out were written"
+    # backward with grad_out a token view of its own (another batch stride than x's when prefixes differ)
+    grad_tokens, grad_out = _token_grid(B, prefix + 1, h, w, C, seed=13)
+    grad_x, grad_mixed_mean, grad_mixed_std = poisoned(
+        style_mix.local_style_mix_backward, grad_out, x, mean, std, target_mean, target_std, mix, True, True
+    )
+    assert grad_x.stride() == x.stride()
+    wanted = reference_grads(x, target_mean, target_std, mix, grid, True, grad_out)
+    actual = (grad_x, *style_grads(grad_mixed_mean, grad_mixed_std, mean, std, target_mean, target_std, mix))
+    for got, want in zip(actual, wanted):
+        assert_close(got, want, torch.float32)
+
+
 def test_large_mean_small_spread(tiling):
     """std of features with mean 1000 and spread 0.01: E[x^2] - E[x]^2 in float32 would be pure rounding noise."""
     gen = torch.Generator().manual_seed(1)

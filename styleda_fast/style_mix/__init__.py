@@ -7,8 +7,8 @@ next to this file; the executable specification: :mod:`styleda_fast.style_mix.re
 
 Token grids: ``x`` may be a ViT's patch tokens seen as ``(B, C, h, w)`` (:func:`styleda_fast.tokens_as_grid`, a
 channels-last view whose images are ``(prefix + h*w) * C`` elements apart). The C++ kernels read and write it in
-place, fresh outputs get the same strides, and the prefix tokens are never touched. The Triton launchers take
-only dense NCHW / channels_last tensors, so on that backend such an ``x`` is first copied (channels_last).
+place, fresh outputs get the same strides, and the prefix tokens are never touched. The Triton kernels do the same (each tensor has its own
+batch stride there too).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from styleda_fast._backend import run_op, select_backend
+from styleda_fast._backend import run_op
 from styleda_fast._checks import (
     acc_dtype,
     batch_strided_layout,
@@ -25,7 +25,6 @@ from styleda_fast._checks import (
     kernel_layout,
     normalize_grid,
     per_patch,
-    plain_dense_layout,
 )
 from styleda_fast.style_mix import _ops, reference  # noqa: F401  (_ops registers the operators' glue)
 from styleda_fast.style_mix.reference import patch_bounds
@@ -49,7 +48,7 @@ def patch_mean_std(x: Tensor, grid: int | tuple[int, int] = 1, eps: float = 1e-5
     check_features(x)
     gh, gw = normalize_grid(grid, x.shape[2], x.shape[3])
     eps = check_eps(eps)
-    x = _for_backend(x)
+    x = kernel_layout(x)
     mean, std = run_op(
         "style_mix",
         "patch_mean_std",
@@ -92,8 +91,8 @@ def local_style_mix(
             into ``tokens`` and leaves its prefix tokens as they are. Meant for frozen feature extractors: it is an
             error if any input requires grad while grad mode is on.
     Returns:
-        ``(B, C, H, W)`` tensor in x's dtype (``out`` when given). On the C++ backend it has x's exact strides
-        (NCHW-contiguous for an x the kernels cannot address directly); for a token grid its memory has an
+        ``(B, C, H, W)`` tensor in x's dtype (``out`` when given), with x's exact strides (NCHW-contiguous for an
+        x the kernels cannot address directly); for a token grid its memory has an
         unwritten gap where x has the prefix tokens (:func:`styleda_fast.grid_as_tokens` puts the prefix back).
         Differentiable with respect to ``x``, ``style_mean``, ``style_std`` and ``mix`` through a fused backward
         kernel.
@@ -111,7 +110,7 @@ def local_style_mix(
     relu = activation == "relu"
     if out is not None:
         return _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, (style_mean, style_std))
-    x = _for_backend(x)
+    x = kernel_layout(x)
     out, _mean, _std = run_op(
         "style_mix",
         "local_style_mix",
@@ -149,8 +148,7 @@ def _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, ori
         x = x.contiguous(memory_format=torch.channels_last if out_layout[0] == "nhwc" else torch.contiguous_format)
     if x.data_ptr() == out.data_ptr() and _memory_range(x) == _memory_range(out):
         x = out  # the same elements (strides may differ only on size-1 dims, where they mean nothing): in place
-    in_place = x is out
-    if not in_place and _overlaps(x, out):
+    if x is not out and _overlaps(x, out):
         raise ValueError("out overlaps x in memory; pass x itself (in place) or a separate tensor")
     # The kernels write patches in parallel, so a per-patch input that lives in out's memory could be overwritten
     # before another patch reads it: such inputs (small, B*C*gh*gw values) are read into a copy first.
@@ -158,48 +156,16 @@ def _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, ori
         t.clone() if t is not None and _overlaps(t, out) else t for t in (target_mean, target_std, mix)
     )
     activation = "relu" if relu else None
-    kernel_x, kernel_out = x, out
-    if select_backend(x.device) == "triton":
-        kernel_x, kernel_out = _triton_into_args(x, out, in_place)
     run_op(
         "style_mix",
         "local_style_mix_into",
         x.device,
-        (kernel_x, target_mean, target_std, mix, gh, gw, relu, eps, kernel_out),
+        (x, target_mean, target_std, mix, gh, gw, relu, eps, out),
         lambda: out.copy_(
             reference.local_style_mix(x.to(acc_dtype(x.dtype)), target_mean, target_std, (gh, gw), mix, activation, eps)
         ),
     )
-    if kernel_out is not out:
-        out.copy_(kernel_out)
     return out
-
-
-def _is_plain_dense(t: Tensor) -> bool:
-    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
-
-
-def _triton_into_args(x: Tensor, out: Tensor, in_place: bool) -> tuple[Tensor, Tensor]:
-    """``(x, out)`` for the Triton launcher, which takes dense tensors of equal strides only: a token grid (any
-    batch stride) is run on a dense copy, and the caller copies the result into ``out``."""
-    if _is_plain_dense(out):
-        if in_place:
-            return out, out
-        kernel_x = plain_dense_layout(x)
-        if kernel_x.stride() != out.stride() and _is_plain_dense(kernel_x):
-            # both dense in out's order: strides can differ only on size-1 dimensions, where they mean nothing
-            kernel_x = kernel_x.as_strided(kernel_x.shape, out.stride())
-        return kernel_x, out
-    kernel_x = plain_dense_layout(x)  # a copy when in place (x is out, not dense): out is written at the end
-    return kernel_x, (kernel_x if in_place else torch.empty_like(kernel_x))
-
-
-def _for_backend(x: Tensor) -> Tensor:
-    """x as the backend that runs on its device takes it: the C++ kernels and the reference take token grids
-    (any batch stride) as they are; the Triton launchers dense NCHW or channels_last tensors (a copy otherwise)."""
-    if select_backend(x.device) == "triton":
-        return plain_dense_layout(x)
-    return kernel_layout(x)
 
 
 def _memory_range(t: Tensor) -> tuple[int, int]:

@@ -8,7 +8,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from styleda_fast._checks import acc_dtype, kernel_output_geometry, require, require_float, require_params
+from styleda_fast._checks import (
+    acc_dtype,
+    batch_strided_layout,
+    empty_kernel_output,
+    require,
+    require_float,
+    require_params,
+)
 from styleda_fast._library import differentiable_grads, op_namespace, register_family
 from styleda_fast.style_mix import reference
 
@@ -18,13 +25,6 @@ from styleda_fast.style_mix import reference
 def _check_features(x: Tensor) -> None:
     torch._check(x.dim() == 4, lambda: f"x must be (B, C, H, W), got {x.dim()} dims")
     torch._check(x.is_floating_point(), lambda: f"x must be floating point, got {x.dtype}")
-
-
-def _output_like(x: Tensor) -> Tensor:
-    """A fresh (B, C, H, W) output as the kernels allocate it: x's strides (any batch stride, e.g. a token grid),
-    or NCHW-contiguous for an x they copy first."""
-    strides, offset, elements = kernel_output_geometry(x)
-    return x.new_empty((elements,)).as_strided(x.shape, strides, offset)
 
 
 def _patch_stats_like(x: Tensor, grid_h: int, grid_w: int) -> Tensor:
@@ -40,7 +40,7 @@ def _patch_mean_std_fake(x, grid_h, grid_w, eps):
 
 def _patch_mean_std_backward_fake(grad_mean, grad_std, x, mean, std):
     _check_features(x)
-    return _output_like(x)
+    return empty_kernel_output(x)
 
 
 def _local_style_mix_fake(x, target_mean, target_std, mix, grid_h, grid_w, relu, eps):
@@ -48,7 +48,7 @@ def _local_style_mix_fake(x, target_mean, target_std, mix, grid_h, grid_w, relu,
     torch._check(target_mean.shape == (x.shape[0], x.shape[1], grid_h, grid_w), lambda: "target_mean shape")
     torch._check(target_std.shape == target_mean.shape, lambda: "target_std shape")
     mean = _patch_stats_like(x, grid_h, grid_w)
-    return _output_like(x), mean, torch.empty_like(mean)
+    return empty_kernel_output(x), mean, torch.empty_like(mean)
 
 
 def _local_style_mix_into_fake(x, target_mean, target_std, mix, grid_h, grid_w, relu, eps, out):
@@ -58,7 +58,7 @@ def _local_style_mix_into_fake(x, target_mean, target_std, mix, grid_h, grid_w, 
 
 def _local_style_mix_backward_fake(grad_out, x, mean, std, target_mean, target_std, mix, relu, compute_grad_x):
     _check_features(x)
-    grad_x = _output_like(x) if compute_grad_x else x.new_empty(0)
+    grad_x = empty_kernel_output(x) if compute_grad_x else x.new_empty(0)
     return grad_x, torch.empty_like(mean), torch.empty_like(mean)
 
 
@@ -177,17 +177,21 @@ def _check_local_style_mix(x, target_mean, target_std, mix, grid_h, grid_w, relu
 
 def _check_local_style_mix_into(x, target_mean, target_std, mix, grid_h, grid_w, relu, eps, out):
     _check_local_style_mix(x, target_mean, target_std, mix, grid_h, grid_w, relu, eps)
+    x_layout = batch_strided_layout(x)
     require(
-        x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last),
-        "x must be contiguous or channels_last contiguous",
+        x_layout is not None,
+        "x must hold each image's (C, H, W) elements densely, in NCHW or channels_last order (any batch stride "
+        f">= C*H*W), got strides {tuple(x.stride())}",
     )
     require(
-        isinstance(out, Tensor)
-        and out.shape == x.shape
-        and out.stride() == x.stride()
-        and out.dtype == x.dtype
-        and out.device == x.device,
-        "out must have x's shape, strides, dtype and device",
+        isinstance(out, Tensor) and out.shape == x.shape and out.dtype == x.dtype and out.device == x.device,
+        "out must have x's shape, dtype and device",
+    )
+    out_layout = batch_strided_layout(out)
+    require(
+        out_layout is not None and out_layout[0] == x_layout[0],
+        "out must hold each image densely in x's order (NCHW or channels_last; any batch stride), got strides "
+        f"{tuple(out.stride())} for x's {tuple(x.stride())}",
     )
 
 

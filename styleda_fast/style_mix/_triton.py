@@ -10,7 +10,9 @@ Design:
 * One program per (image, patch, block of channels) owns every reduction of that block, so there are no atomics
   and results are deterministic. It works on 3-D tiles ``[BLOCK_C, BLOCK_H, BLOCK_W]`` addressed with x's strides:
   NCHW tiles run along the contiguous columns, channels_last tiles along the contiguous channels (a block of
-  channels fills a 128-byte line per pixel).
+  channels fills a 128-byte line per pixel). Each tensor has its own batch stride, so a ViT's patch tokens seen as a
+  grid (``styleda_fast.tokens_as_grid``: channels-last images ``(prefix + h*w) * C`` apart) are read and written in
+  place, as by the C++ kernels; fresh outputs have x's strides (``kernel_output_geometry``).
 * When the whole patch fits one tile (``SINGLE_TILE``), the program reads it once, keeps it in registers for the
   statistics and writes the output: one read and one write of x. Otherwise it loops over tiles: one pass for the
   statistics, one for the output (or the gradient). The second pass runs from the last tile backwards, so the most
@@ -33,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from styleda_fast._checks import acc_dtype
+from styleda_fast._checks import acc_dtype, batch_strided_layout, empty_kernel_output, kernel_layout
 from styleda_fast._triton_utils import LaunchPlan, launch, nbytes, next_pow2, prev_pow2, tl_acc_dtype
 
 # Most elements one program holds in a tile. Read at every launch, so tests can lower it to exercise the tile loops.
@@ -84,14 +86,15 @@ def _program_coordinates(
 
 
 @triton.jit
-def _channel_offsets(
-    image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST: tl.constexpr, INDEX: tl.constexpr
-):
-    """Offsets ``[BLOCK_C, 1, 1]`` of the (image, channel) planes, and their mask (unit stride known statically)."""
+def _channel_offsets(channel, channel_mask, stride_c, CHANNELS_LAST: tl.constexpr, INDEX: tl.constexpr):
+    """Offsets ``[BLOCK_C, 1, 1]`` of the channel planes within an image, and their mask (unit stride known
+    statically). Each tensor's image base (``image * its batch stride``, 64-bit) is added to its pointer instead:
+    tensors may have different batch strides (a token grid and a dense output), and offsets within one image fit
+    32 bits far more often than offsets within the batch."""
     if CHANNELS_LAST:
-        offsets = image.to(INDEX) * stride_b + channel.to(INDEX)
+        offsets = channel.to(INDEX)
     else:
-        offsets = image.to(INDEX) * stride_b + channel.to(INDEX) * stride_c
+        offsets = channel.to(INDEX) * stride_c
     return offsets[:, None, None], channel_mask[:, None, None]
 
 
@@ -179,7 +182,8 @@ def _style_mix_forward_kernel(
     grid_h,
     grid_w,
     channel_blocks,
-    stride_b,
+    x_stride_b,
+    out_stride_b,
     stride_c,
     stride_h,
     stride_w,
@@ -200,13 +204,16 @@ def _style_mix_forward_kernel(
 ):
     """Statistics of one (image, patch, channel block) into mean/std; with HAS_TARGET also the transferred output.
 
-    x, out: (B, C, H, W) with the given strides (out has x's). mean, std, target_mean, target_std, mix:
+    x, out: (B, C, H, W), images x_stride_b / out_stride_b elements apart, each image's elements at the same
+    offsets (stride_c, stride_h, stride_w) in both. mean, std, target_mean, target_std, mix:
     (B, C, gh, gw) contiguous, ACC dtype. eps = eps_hi + eps_lo (a float argument reaches the kernel as float32).
     """
     image, channel, channel_mask, param_index, row0, col0, rows, cols = _program_coordinates(
         channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C, COLUMN_MULTIPLE, INDEX
     )
-    plane_offsets, plane_mask = _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST, INDEX)
+    x_ptr += image.to(tl.int64) * x_stride_b
+    out_ptr += image.to(tl.int64) * out_stride_b
+    plane_offsets, plane_mask = _channel_offsets(channel, channel_mask, stride_c, CHANNELS_LAST, INDEX)
     patch = (plane_offsets, plane_mask, row0, col0, rows, cols, stride_h, stride_w)
     count = rows * cols
 
@@ -293,7 +300,9 @@ def _style_mix_backward_kernel(
     grid_h,
     grid_w,
     channel_blocks,
-    stride_b,
+    grad_out_stride_b,
+    x_stride_b,
+    grad_x_stride_b,
     stride_c,
     stride_h,
     stride_w,
@@ -315,12 +324,16 @@ def _style_mix_backward_kernel(
 
     HAS_GRAD_OUT (local_style_mix backward): writes the per-patch sums S1 = sum(g), S2 = sum(g*xn) to
     grad_mean/grad_std (the gradients of the mixed mean/std). Otherwise (patch_mean_std backward): reads the
-    incoming gradients of mean/std from grad_mean/grad_std. grad_out, x, grad_x share the given strides.
+    incoming gradients of mean/std from grad_mean/grad_std. grad_out, x, grad_x: each image's elements at the same offsets (stride_c, stride_h,
+    stride_w), images each tensor's own batch stride apart.
     """
     image, channel, channel_mask, param_index, row0, col0, rows, cols = _program_coordinates(
         channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C, COLUMN_MULTIPLE, INDEX
     )
-    plane_offsets, plane_mask = _channel_offsets(image, channel, channel_mask, stride_b, stride_c, CHANNELS_LAST, INDEX)
+    grad_out_ptr += image.to(tl.int64) * grad_out_stride_b
+    x_ptr += image.to(tl.int64) * x_stride_b
+    grad_x_ptr += image.to(tl.int64) * grad_x_stride_b
+    plane_offsets, plane_mask = _channel_offsets(channel, channel_mask, stride_c, CHANNELS_LAST, INDEX)
     patch = (plane_offsets, plane_mask, row0, col0, rows, cols, stride_h, stride_w)
     count = rows * cols
     mean = tl.load(mean_ptr + param_index, mask=channel_mask, other=0.0)
@@ -417,22 +430,22 @@ def _style_mix_backward_kernel(
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
-    """Whether x is laid out channels_last (NCHW-contiguous wins when x is both, e.g. C == 1)."""
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    """Whether x's images are laid out channels_last (NCHW wins when both fit, e.g. C == 1), any batch stride."""
+    return batch_strided_layout(x)[0] == "nhwc"
 
 
-def _supported_layout(x: torch.Tensor) -> torch.Tensor:
-    """x itself when NCHW- or channels_last-contiguous, else an NCHW-contiguous copy (as the C++ kernels do)."""
-    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    return x.contiguous()
+def _batch_stride(t: torch.Tensor) -> int:
+    """Elements between t's images (``C*H*W`` for dense tensors, more for a token grid)."""
+    return batch_strided_layout(t)[1]
 
 
 def _like_layout(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """t with x's strides (t has x's shape)."""
-    if t.stride() == x.stride():
+    """t itself when the kernels can read it with x's layout (the same order within each image, its own batch
+    stride), else a copy with x's strides (t has x's shape)."""
+    layout, x_layout = batch_strided_layout(t), batch_strided_layout(x)
+    if layout is not None and layout[0] == x_layout[0]:
         return t
-    return t.contiguous(memory_format=torch.channels_last) if _is_channels_last(x) else t.contiguous()
+    return empty_kernel_output(x).copy_(t)
 
 
 def _block_width(patch_cols: int, pixels: int) -> int:
@@ -481,8 +494,9 @@ class _TileConfig:
         self.channel_blocks = triton.cdiv(channels, self.block_c)
         self.programs = batch * grid_h * grid_w * self.channel_blocks
         self.tile_elements = self.block_c * self.block_h * self.block_w
-        # 32-bit offsets (fewer registers) while every offset, masked lanes of a tile past the edge included, fits.
-        extent = sum((n - 1) * abs(st) for n, st in zip(x.shape, x.stride())) + 1
+        # 32-bit offsets within an image (fewer registers) while every one, masked lanes of a tile past the edge
+        # included, fits; the image's base is a 64-bit scalar added to each pointer.
+        extent = sum((n - 1) * abs(st) for n, st in zip(x.shape[1:], x.stride()[1:])) + 1
         self.index = tl.int32 if 2 * extent < 2**31 else tl.int64
         self.num_warps = min(8, max(1, self.tile_elements // 512))
 
@@ -531,7 +545,9 @@ def plan_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w
         grid_h,
         grid_w,
         config.channel_blocks,
-        *x.stride(),
+        _batch_stride(x),
+        _batch_stride(out) if has_target else _batch_stride(x),
+        *x.stride()[1:],
         eps_hi,
         eps_lo,
     )
@@ -583,7 +599,10 @@ def plan_backward(
         mean.shape[2],
         mean.shape[3],
         config.channel_blocks,
-        *x.stride(),
+        _batch_stride(grad_out if has_grad_out else x),
+        _batch_stride(x),
+        _batch_stride(grad_x if grad_x is not None else x),
+        *x.stride()[1:],
     )
     constexprs = dict(
         ACC=tl_acc_dtype(x.dtype),
@@ -609,7 +628,7 @@ def plan_backward(
 
 def patch_mean_std(x: torch.Tensor, grid_h: int, grid_w: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-patch mean and std of x ``(B, C, H, W)``: each ``(B, C, grid_h, grid_w)`` in the accumulation dtype."""
-    x = _supported_layout(x)
+    x = kernel_layout(x)
     mean, std = _new_patch_params(x, grid_h, grid_w)
     launch(plan_forward(x, None, mean, std, None, None, None, grid_h, grid_w, False, eps))
     return mean, std
@@ -622,8 +641,8 @@ def patch_mean_std_backward(
 
     grad_mean, grad_std, mean, std: ``(B, C, gh, gw)`` contiguous, accumulation dtype.
     """
-    x = _supported_layout(x)
-    grad_x = torch.empty_like(x)
+    x = kernel_layout(x)
+    grad_x = empty_kernel_output(x)
     launch(plan_backward(None, x, grad_x, mean, std, None, None, None, grad_mean, grad_std, False))
     return grad_x
 
@@ -644,8 +663,8 @@ def local_style_mix(
     mix w: ``w*mean + (1-w)*target_mean``, ``w*std + (1-w)*target_std``. target_mean, target_std, mix and the returned
     patch statistics mean, std are ``(B, C, grid_h, grid_w)`` contiguous in the accumulation dtype.
     """
-    x = _supported_layout(x)
-    out = torch.empty_like(x)
+    x = kernel_layout(x)
+    out = empty_kernel_output(x)
     mean, std = _new_patch_params(x, grid_h, grid_w)
     launch(plan_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps))
     return out, mean, std
@@ -662,7 +681,8 @@ def local_style_mix_into(
     eps: float,
     out: torch.Tensor,
 ) -> None:
-    """local_style_mix writing into out (x's shape, strides and dtype); out may be x itself (in place)."""
+    """local_style_mix writing into out (x's shape and dtype, each image in x's order, any batch stride: e.g. a
+    token grid); out may be x itself (in place)."""
     mean, std = _new_patch_params(x, grid_h, grid_w)
     launch(plan_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps))
 
@@ -684,9 +704,9 @@ def local_style_mix_backward(
     where g is grad_out masked by the ReLU. grad_x ``(B, C, H, W)`` has x's strides, or is ``x.new_empty(0)`` when
     compute_grad_x is False.
     """
-    x = _supported_layout(x)
+    x = kernel_layout(x)
     grad_out = _like_layout(grad_out, x)
-    grad_x = torch.empty_like(x) if compute_grad_x else None
+    grad_x = empty_kernel_output(x) if compute_grad_x else None
     grad_mixed_mean, grad_mixed_std = torch.empty_like(mean), torch.empty_like(mean)
     launch(
         plan_backward(
