@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "output_buffers.h"
 
 #include <algorithm>
 #include <cmath>
@@ -24,9 +25,6 @@
 #include <string>
 #include <vector>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 
 namespace styleda_fast {
 namespace {
@@ -249,32 +247,13 @@ void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
 // A fresh output with x's sizes and exact strides. When x's images are further apart than C*H*W elements (a
 // token grid), the buffer holds B * batch_stride elements and the output starts batch_stride - C*H*W elements
 // into it, so its gaps sit where x's are (a token grid's output holds room for the prefix tokens before each
-// image, which styleda_fast.grid_as_tokens can fill; the kernels leave the gaps unwritten).
-// Large buffers are backed by transparent huge pages where the OS offers them: first-touch page faults on 4 KB
-// pages cost more than the whole kernel (300 MB at the FAMix shape: ~60 ms of faults against ~20 ms of work on
-// 2 cores). STYLEDA_FAST_HUGE_PAGES=0 turns this off.
+// image, which styleda_fast.grid_as_tokens can fill; the kernels leave the gaps unwritten). Large buffers come from
+// the output cache (output_buffers.cpp): huge pages, reused across steps without page faults.
 at::Tensor empty_output_like(const at::Tensor& x) {
   const MemoryLayout layout = layout_of(x);
   const int64_t image = x.size(1) * x.size(2) * x.size(3);
   const int64_t elements = x.size(0) * layout.batch_stride, offset = layout.batch_stride - image;
-#ifdef __linux__
-  static const bool enabled = [] {
-    const char* env = std::getenv("STYLEDA_FAST_HUGE_PAGES");
-    return env == nullptr || std::string(env) != "0";
-  }();
-  constexpr size_t kHugePage = size_t(2) << 20;
-  const size_t nbytes = size_t(elements) * x.element_size();
-  if (enabled && nbytes >= 4 * kHugePage) {
-    const size_t size = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
-    if (void* data = std::aligned_alloc(kHugePage, size)) {
-      madvise(data, size, MADV_HUGEPAGE);  // advisory: ignored where THP is off
-      at::Tensor buffer = at::from_blob(data, {elements}, [](void* p) { std::free(p); }, x.options());
-      return buffer.as_strided(x.sizes(), x.strides(), offset);
-    }
-  }
-#endif
-  if (offset == 0 && elements == x.numel()) return at::empty_strided(x.sizes(), x.strides(), x.options());
-  return at::empty({elements}, x.options()).as_strided(x.sizes(), x.strides(), offset);
+  return empty_output_buffer(elements, x.options()).as_strided(x.sizes(), x.strides(), offset);
 }
 
 void check_input(const at::Tensor& x) { check_cpu_float(x, "x"); }

@@ -10,6 +10,11 @@ what the model and optimizer keep, and the peak of what a piece of code allocate
         y = augment(x)
     live.peak
 
+The CPU kernels keep freed large outputs (at least 8 MB) for the next output of the same size, so that a training
+loop does not fault the same memory in at every step: ``output_cache_bytes()`` says how much they hold that no
+tensor uses, ``release_output_cache()`` frees it (``STYLEDA_FAST_OUTPUT_CACHE_MB``: the most they keep, default
+2048; 0 turns the cache off).
+
 Counts are of tensor storages (each counted once, also when several saved tensors are views of it); memory that
 kernels allocate internally and free before returning (workspaces) is not seen, nor the caching allocator's
 rounding and fragmentation on a GPU. Read the sums as lower bounds of what a device needs.
@@ -25,7 +30,30 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["LiveBytes", "SavedBytes", "format_bytes", "optimizer_state_bytes", "state_bytes"]
+__all__ = [
+    "LiveBytes",
+    "SavedBytes",
+    "format_bytes",
+    "optimizer_state_bytes",
+    "output_cache_bytes",
+    "release_output_cache",
+    "state_bytes",
+]
+
+
+def output_cache_bytes() -> int:
+    """Bytes of large CPU output buffers that the kernels keep for reuse and that no tensor uses now."""
+    import styleda_fast  # noqa: F401  (loads the operators)
+
+    return int(torch.ops.styleda_fast.output_cache_bytes())
+
+
+def release_output_cache() -> int:
+    """Frees the CPU output buffers kept for reuse that no tensor uses (memory back to the OS); returns the bytes.
+    Buffers still in use return to the cache when their tensors are freed."""
+    import styleda_fast  # noqa: F401
+
+    return int(torch.ops.styleda_fast.release_output_cache())
 
 
 def _key(t: Tensor) -> int:
