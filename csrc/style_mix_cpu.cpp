@@ -43,41 +43,6 @@ struct PatchGrid {
   int64_t count(int64_t i, int64_t j) const { return (rows[i + 1] - rows[i]) * (cols[j + 1] - cols[j]); }
 };
 
-enum class Layout { kNCHW, kNHWC };
-
-// Where each image's elements are: its (C, H, W) elements dense in NCHW or NHWC order, images batch_stride
-// elements apart (batch_stride >= C*H*W). Dense NCHW / channels_last tensors have batch_stride = C*H*W; the
-// patch tokens of a ViT seen as a (B, C, h, w) grid (styleda_fast.tokens_as_grid) are NHWC with a batch stride
-// of (prefix + h*w) * C: the prefix tokens (class token, registers) lie between the images and are never touched.
-struct MemoryLayout {
-  Layout inner;
-  int64_t batch_stride;
-};
-
-// Whether t's strides fit (C, H, W) elements dense in the given order; strides of size-1 dims do not matter.
-bool inner_dense(const at::Tensor& t, Layout layout) {
-  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
-  auto fits = [&](int64_t dim, int64_t stride) { return t.size(dim) == 1 || t.stride(dim) == stride; };
-  if (layout == Layout::kNCHW) return fits(3, 1) && fits(2, W) && fits(1, H * W);
-  return fits(1, 1) && fits(3, C) && fits(2, W * C);
-}
-
-// t's layout, or nullopt when the kernels cannot address it directly (then it is copied to NCHW). NCHW wins when
-// t is both (C == 1, or H == W == 1): the two address the same elements alike.
-c10::optional<MemoryLayout> memory_layout(const at::Tensor& t) {
-  if (t.dim() != 4) return c10::nullopt;
-  const int64_t image = t.size(1) * t.size(2) * t.size(3);
-  // A single image may have any batch stride (it means nothing); several must not overlap or run backwards.
-  const int64_t batch_stride = t.stride(0) >= image ? t.stride(0) : t.size(0) == 1 ? image : -1;
-  if (batch_stride < 0) return c10::nullopt;
-  for (Layout layout : {Layout::kNCHW, Layout::kNHWC})
-    if (inner_dense(t, layout)) return MemoryLayout{layout, batch_stride};
-  return c10::nullopt;
-}
-
-// x itself when the kernels address it directly, else an NCHW-contiguous copy.
-at::Tensor kernel_input(const at::Tensor& x) { return memory_layout(x).has_value() ? x : x.contiguous(); }
-
 MemoryLayout layout_of(const at::Tensor& x) {
   const auto layout = memory_layout(x);
   TORCH_CHECK_VALUE(layout.has_value(),

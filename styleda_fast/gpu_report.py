@@ -180,12 +180,25 @@ def _class_stats_variants() -> list[Variant]:
         "the fix is a tl.dot over blocks of 16 channels sharing the labels (to be timed on a GPU)"
     )
 
-    def stats(dtype):
+    one_hot_nhwc = (
+        "the channels-last class_mean_std kernel sums [BLOCK_P=8, BLOCK_C=32] tiles through a [KP, BLOCK_P, BLOCK_C] "
+        "one-hot product: 143-145 registers at 4 warps (12 warps/SM), 64-bit x loads (2 fp32 per thread) and, at "
+        "8x256x192x192, only 64 programs (image x channel block; bound 3%); the fix is a tl.dot of the (KP, BLOCK_P) "
+        "one-hot with the tile and a split of the pixels with a merge of partial sums (to be timed on a GPU)"
+    )
+
+    def stats(dtype, layout="nchw"):
         def build(m):
-            x = _meta(FAMIX, dtype)
-            labels = _meta((8, 192, 192), torch.int64)
-            mean = torch.empty((8, 19, 256), dtype=acc_dtype(dtype), device="meta")
-            count = torch.empty((8, 19), dtype=torch.int64, device="meta")
+            if layout == "tokens":  # a ViT-B/16 at 768 px: 48x48 patch tokens after the class token
+                from styleda_fast.tokens import tokens_as_grid
+
+                x = tokens_as_grid(_meta((8, 1 + 48 * 48, 768), dtype), 48, 48, 1)
+            else:
+                x = _meta(FAMIX, dtype, channels_last=layout == "cl")
+            B, C, H, W = x.shape
+            labels = _meta((B, H, W), torch.int64)
+            mean = torch.empty((B, 19, C), dtype=acc_dtype(dtype), device="meta")
+            count = torch.empty((B, 19), dtype=torch.int64, device="meta")
             return m.plan_class_mean_std(x, labels, mean, torch.empty_like(mean), count, 19, 1e-5)
 
         return build
@@ -195,6 +208,10 @@ def _class_stats_variants() -> list[Variant]:
         Variant("class_stats", "class_mean_std fp32 K=19", stats(torch.float32), known=one_hot),
         Variant("class_stats", "class_mean_std fp16 K=19", stats(torch.float16), core=False, known=one_hot),
         Variant("class_stats", "class_mean_std bf16 K=19", stats(torch.bfloat16), core=False, known=one_hot),
+        Variant("class_stats", "class_mean_std fp32 K=19 cl", stats(torch.float32, "cl"), known=one_hot_nhwc),
+        Variant(
+            "class_stats", "class_mean_std fp32 K=19 vit tokens", stats(torch.float32, "tokens"), known=one_hot_nhwc
+        ),
     ]
 
 

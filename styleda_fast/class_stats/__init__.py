@@ -24,6 +24,7 @@ from styleda_fast._checks import (
     check_label_values,
     check_labels,
     check_num_classes,
+    kernel_layout,
     normalize_grid,
 )
 from styleda_fast.class_stats import _ops, reference  # noqa: F401  (_ops registers the operators' glue)
@@ -118,7 +119,10 @@ def class_mean_std(
     """Mean and standard deviation of each channel over the pixels of each class, per image .
 
     Args:
-        x: ``(B, C, H, W)`` float16/bfloat16/float32/float64 features.
+        x: ``(B, C, H, W)`` float16/bfloat16/float32/float64 features. NCHW, channels_last, and a ViT's patch tokens
+            seen as a grid (:func:`styleda_fast.tokens_as_grid`: channels-last images ``(prefix + h*w) * C``
+            elements apart) are read in place by the C++ and Triton kernels, without a copy (the prefix tokens are
+            never read); other strides are copied to NCHW first.
         labels: ``(B, H, W)`` integer train ids at the feature resolution, each in ``[0, num_classes)`` or equal to
             ``ignore_index`` (skipped); anything else raises ``ValueError``. With ``resize_labels=True`` any
             resolution is accepted and brought to ``(H, W)`` with :func:`labels_to_size` (nearest).
@@ -146,7 +150,7 @@ def class_mean_std(
             f"{tuple(labels.shape)}; pass resize_labels=True or use labels_to_size() for image-resolution labels"
         )
     check_label_values(labels, num_classes, ignore_index)
-    x = x.contiguous()
+    x = kernel_layout(x)  # NCHW or channels-last images, any batch stride: read in place; else an NCHW copy
     labels = labels.contiguous()
 
     def run_reference():  # in float64 (the specification), returned in the kernels' dtype

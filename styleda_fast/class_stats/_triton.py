@@ -9,8 +9,13 @@ deterministic.
   along the contiguous columns (vector loads) and writes the chunk's histogram
   to a scratch buffer, and a second kernel sums the chunks of a patch and votes (most votes, ties to the smallest
   value). The split gives a GPU enough programs for 8 label maps of 768x768 (72 patches).
-* ``class_mean_std``: one program per (image, channel) plane, two passes (class means, then centered squares; the
-  second read of a 147 KB plane comes from L2), in float32 (float64 for float64 inputs).
+* ``class_mean_std``: x is read in place when its images are NCHW or channels-last with any batch stride
+  (``batch_strided_layout``: dense tensors, channels_last, a ViT's patch tokens seen as a grid by
+  ``styleda_fast.tokens_as_grid``, whose prefix tokens are never read); anything else is copied to NCHW first.
+  NCHW: one program per (image, channel) plane, two passes (class means, then centered squares; the second read of
+  a 147 KB plane comes from L2). Channels-last: one program per (image, block of ``BLOCK_C`` channels) reads
+  ``[BLOCK_P, BLOCK_C]`` tiles (contiguous along the channels) and sums them into ``[KP, BLOCK_C]`` per-class sums
+  through a ``(KP, BLOCK_P)`` one-hot matrix; the same two passes. In float32 (float64 for float64 inputs).
 
 Labels outside ``[0, K)`` and not the ignore value match no slot, so they are never used as an address; the public
 API rejects them before launching.
@@ -24,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from styleda_fast._checks import acc_dtype
+from styleda_fast._checks import acc_dtype, batch_strided_layout, kernel_layout
 from styleda_fast._triton_utils import LaunchPlan, launch, nbytes, tl_acc_dtype
 
 
@@ -171,6 +176,7 @@ def _class_mean_std_kernel(
     mean_ptr,
     std_ptr,
     count_ptr,
+    x_stride_b,
     C,
     N,
     K,
@@ -179,10 +185,11 @@ def _class_mean_std_kernel(
     BLOCK: tl.constexpr,
     ACC: tl.constexpr,
 ):
+    """x: NCHW images ``x_stride_b`` elements apart (``>= C*N``)."""
     pid = tl.program_id(0).to(tl.int64)  # (image, channel)
     b = pid // C
     c = pid % C
-    xp = x_ptr + pid * N
+    xp = x_ptr + b * x_stride_b + c * N
     lp = labels_ptr + b * N
     slots = tl.arange(0, KP)
     sums = tl.zeros((KP,), dtype=ACC)
@@ -208,15 +215,90 @@ def _class_mean_std_kernel(
     tl.store(count_ptr + b * K + slots, counts.to(tl.int64), mask=keep & (c == 0))
 
 
+@triton.jit
+def _load_pixels(xp, lp, off, N, C, c, c_mask, K, slots, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """Pixels ``off .. off+BLOCK_P`` of one channels-last image: their class slot (-1 outside ``[0, K)`` or past the
+    end), their ``[BLOCK_P, BLOCK_C]`` values of channels ``c`` in ACC, and the ``(KP, BLOCK_P)`` one-hot matrix."""
+    idx = off + tl.arange(0, BLOCK_P).to(tl.int64)
+    mask = idx < N
+    lab = tl.load(lp + idx, mask=mask, other=-1).to(tl.int64)
+    slot = tl.where(mask & (lab >= 0) & (lab < K), lab, -1)
+    xv = tl.load(xp + idx[:, None] * C + c[None, :], mask=mask[:, None] & c_mask[None, :], other=0).to(ACC)
+    return slot, xv, slots[:, None] == slot[None, :]
+
+
+@triton.jit
+def _class_mean_std_nhwc_kernel(
+    x_ptr,
+    labels_ptr,
+    mean_ptr,
+    std_ptr,
+    count_ptr,
+    x_stride_b,
+    C,
+    N,
+    K,
+    eps,
+    channel_blocks,
+    KP: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """x: channels-last images ``x_stride_b`` elements apart (``>= C*N``; a token grid has ``(prefix + N) * C``).
+    One program per (image, block of BLOCK_C channels)."""
+    pid = tl.program_id(0).to(tl.int64)  # (image, channel block)
+    b = pid // channel_blocks
+    block = pid % channel_blocks
+    c = block * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    xp = x_ptr + b * x_stride_b
+    lp = labels_ptr + b * N
+    slots = tl.arange(0, KP)
+    sums = tl.zeros((KP, BLOCK_C), dtype=ACC)
+    counts = tl.zeros((KP,), dtype=tl.int32)
+    for off in range(0, N, BLOCK_P):
+        slot, xv, eq = _load_pixels(xp, lp, off, N, C, c, c_mask, K, slots, BLOCK_P, ACC)
+        sums += tl.sum(tl.where(eq[:, :, None], xv[None, :, :], 0.0), axis=1)
+        counts += tl.sum(eq.to(tl.int32), axis=1)
+    n = counts.to(ACC)[:, None]
+    mean = tl.where(n > 0, sums / tl.maximum(n, 1.0), 0.0)
+    sq = tl.zeros((KP, BLOCK_C), dtype=ACC)
+    for off in range(0, N, BLOCK_P):
+        slot, xv, eq = _load_pixels(xp, lp, off, N, C, c, c_mask, K, slots, BLOCK_P, ACC)
+        pixel_mean = tl.sum(tl.where(eq[:, :, None], mean[:, None, :], 0.0), axis=0)
+        d = tl.where((slot >= 0)[:, None], xv - pixel_mean, 0.0)
+        sq += tl.sum(tl.where(eq[:, :, None], (d * d)[None, :, :], 0.0), axis=1)
+    var = tl.where(n > 1, sq / tl.maximum(n - 1.0, 1.0), 0.0)
+    std = tl.where(n > 0, tl.sqrt(var + eps), 0.0)
+    keep = slots < K
+    out = (b * K + slots[:, None]) * C + c[None, :]
+    tl.store(mean_ptr + out, mean, mask=keep[:, None] & c_mask[None, :])
+    tl.store(std_ptr + out, std, mask=keep[:, None] & c_mask[None, :])
+    tl.store(count_ptr + b * K + slots, counts.to(tl.int64), mask=keep & (block == 0))
+
+
+# Elements of the one-hot products a program holds at once (KP x BLOCK in NCHW, KP x BLOCK_P x BLOCK_C otherwise).
+ONE_HOT_ELEMENTS = 8192
+
+
 def plan_class_mean_std(x, labels, mean, std, count, num_classes: int, eps: float) -> list[LaunchPlan]:
-    """The launch writing ``mean``, ``std`` ``(B, K, C)`` and ``count`` ``(B, K)`` (zeroed by the caller)."""
+    """The launch writing ``mean``, ``std`` ``(B, K, C)`` and ``count`` ``(B, K)`` (zeroed by the caller) from x
+    read in place (``batch_strided_layout(x)`` must not be None: NCHW or channels-last images, any batch stride;
+    see :func:`styleda_fast._checks.kernel_layout`) and contiguous labels ``(B, H, W)``."""
+    layout = batch_strided_layout(x)
+    if layout is None:
+        raise ValueError(f"x must have NCHW or channels-last images (any batch stride), got strides {x.stride()}")
+    order, x_stride_b = layout
+    if order == "nhwc":
+        return _plan_class_mean_std_nhwc(x, x_stride_b, labels, mean, std, count, num_classes, eps)
     B, C, H, W = x.shape
     KP = _pow2(num_classes)
-    BLOCK = max(16, min(1024, 8192 // KP))
+    BLOCK = max(16, min(1024, ONE_HOT_ELEMENTS // KP))
     plan = LaunchPlan(
         _class_mean_std_kernel,
         (B * C,),
-        (x, labels, mean, std, count, C, H * W, num_classes, float(eps)),
+        (x, labels, mean, std, count, x_stride_b, C, H * W, num_classes, float(eps)),
         dict(KP=KP, BLOCK=BLOCK, ACC=tl_acc_dtype(x.dtype)),
         4,
         bytes_moved=2 * nbytes(x) + 2 * C * nbytes(labels) + nbytes(mean, std, count),
@@ -225,12 +307,33 @@ def plan_class_mean_std(x, labels, mean, std, count, num_classes: int, eps: floa
     return [plan]
 
 
+def _plan_class_mean_std_nhwc(x, x_stride_b, labels, mean, std, count, num_classes, eps) -> list[LaunchPlan]:
+    B, C, H, W = x.shape
+    KP = _pow2(num_classes)
+    # KP x BLOCK_P x BLOCK_C <= ONE_HOT_ELEMENTS: up to 32 channels (a 128-byte fp32 line per pixel), at least 4
+    # pixels per tile; 8 pixels x 32 channels for 19 classes.
+    block_c = max(1, min(triton.next_power_of_2(max(C, 1)), 32, ONE_HOT_ELEMENTS // (KP * 4)))
+    block_p = max(1, min(128, ONE_HOT_ELEMENTS // (KP * block_c)))
+    channel_blocks = triton.cdiv(C, block_c)
+    plan = LaunchPlan(
+        _class_mean_std_nhwc_kernel,
+        (B * channel_blocks,),
+        (x, labels, mean, std, count, x_stride_b, C, H * W, num_classes, float(eps), channel_blocks),
+        dict(KP=KP, BLOCK_P=block_p, BLOCK_C=block_c, ACC=tl_acc_dtype(x.dtype)),
+        4,
+        bytes_moved=2 * nbytes(x) + 2 * channel_blocks * nbytes(labels) + nbytes(mean, std, count),
+        bytes_per_step=block_p * (block_c * x.element_size() + labels.element_size()),
+    )
+    return [plan]
+
+
 def class_mean_std(
     x: torch.Tensor, labels: torch.Tensor, num_classes: int, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launcher: ``x (B, C, H, W)``, ``labels (B, H, W)`` -> ``mean (B, K, C)``, ``std (B, K, C)``,
-    ``count (B, K)`` int64. Pixels whose label is outside ``[0, K)`` are skipped."""
-    x = x.contiguous()
+    ``count (B, K)`` int64. Pixels whose label is outside ``[0, K)`` are skipped. x is read in place when its images
+    are NCHW or channels-last with any batch stride (e.g. a token grid), else copied to NCHW."""
+    x = kernel_layout(x)
     labels = labels.contiguous()
     B, C, H, W = x.shape
     K = num_classes
