@@ -130,27 +130,40 @@ at::Tensor empty_cached_like(const at::Tensor& x) {
     elements *= x.size(d);
   }
   if (x.is_non_overlapping_and_dense()) strides = x.strides().vec();
-  return empty_output_buffer(elements, x.options()).as_strided(x.sizes(), strides);
+  return empty_output(x.sizes(), strides, 0, elements, x.options());
 }
 
 int64_t output_cache_bytes() { return cache().cached_bytes(); }
 
 }  // namespace
 
-at::Tensor empty_output_buffer(int64_t elements, const at::TensorOptions& options) {
+at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides, int64_t offset, int64_t elements,
+                        const at::TensorOptions& options) {
   const size_t nbytes = size_t(elements) * options.dtype().itemsize();
-  if (nbytes < kCachedMinimum) return at::empty({elements}, options);
-  const size_t size = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
-  void* data = cache().take(size);
-  if (data == nullptr) data = new_buffer(size);
-  if (data == nullptr) return at::empty({elements}, options);
-  at::Tensor buffer = at::from_blob(data, {elements}, [size](void* p) { cache().give(p, size); }, options);
+  void* data = nullptr;
+  size_t size = 0;
+  if (nbytes >= kCachedMinimum) {
+    size = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
+    data = cache().take(size);
+    if (data == nullptr) data = new_buffer(size);
+  }
+  if (data == nullptr) {
+    if (offset == 0 && at::detail::computeStorageNbytes(sizes, strides, 1) == size_t(elements))
+      return at::empty_strided(sizes, strides, options);
+    return at::empty({elements}, options).as_strided(sizes, strides, offset);
+  }
+  at::Tensor out = at::for_blob(data, sizes)
+                       .strides(strides)
+                       .storage_offset(offset)
+                       .deleter([size](void* p) { cache().give(p, size); })
+                       .options(options)
+                       .make_tensor();
   // What at::empty does under torch.use_deterministic_algorithms with fill_uninitialized_memory: NaN, so that an
   // element a kernel fails to write shows in tests, fresh buffer or reused.
   const auto& context = at::globalContext();
-  if (context.deterministicAlgorithms() && context.deterministicFillUninitializedMemory() && buffer.is_floating_point())
-    buffer.fill_(std::numeric_limits<double>::quiet_NaN());
-  return buffer;
+  if (context.deterministicAlgorithms() && context.deterministicFillUninitializedMemory() && out.is_floating_point())
+    at::from_blob(data, {elements}, options).fill_(std::numeric_limits<double>::quiet_NaN());
+  return out;
 }
 
 TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {

@@ -6,8 +6,11 @@
 
 namespace styleda_fast {
 
-// A 1-D tensor of `elements` elements with `options` (CPU), uninitialised. Buffers of at least 8 MB come from
-// the output cache (huge-page backed, already faulted in when reused); smaller ones from at::empty.
-at::Tensor empty_output_buffer(int64_t elements, const at::TensorOptions& options);
+// An uninitialised CPU tensor with the given sizes, strides and storage offset, in a buffer of `elements` elements
+// (enough for offset + the strides' extent). Buffers of at least 8 MB come from the output cache (huge-page backed,
+// already faulted in when reused); smaller ones from at::empty. The tensor owns its storage (it is not a view), so
+// autograd can take it as a gradient without a copy.
+at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides, int64_t offset, int64_t elements,
+                        const at::TensorOptions& options);
 
 }  // namespace styleda_fast

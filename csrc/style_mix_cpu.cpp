@@ -218,7 +218,7 @@ at::Tensor empty_output_like(const at::Tensor& x) {
   const MemoryLayout layout = layout_of(x);
   const int64_t image = x.size(1) * x.size(2) * x.size(3);
   const int64_t elements = x.size(0) * layout.batch_stride, offset = layout.batch_stride - image;
-  return empty_output_buffer(elements, x.options()).as_strided(x.sizes(), x.strides(), offset);
+  return empty_output(x.sizes(), x.strides(), offset, elements, x.options());
 }
 
 void check_input(const at::Tensor& x) { check_cpu_float(x, "x"); }
