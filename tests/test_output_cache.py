@@ -48,8 +48,9 @@ def test_a_freed_output_is_reused_and_fully_rewritten():
         x2, mean2, std2 = _inputs(1)
         y2 = local_style_mix(x2, mean2, std2, grid=(2, 5), activation=None)
     assert y2.data_ptr() == address and output_cache_bytes() == 0
-    expected = reference.local_style_mix(x2.double(), mean2.double()[..., None, None], std2.double()[..., None, None],
-                                         (2, 5), None, None, 1e-5)
+    expected = reference.local_style_mix(
+        x2.double(), mean2.double()[..., None, None], std2.double()[..., None, None], (2, 5), None, None, 1e-5
+    )
     assert_close(y2, expected, TOLERANCE[torch.float32])
 
 
@@ -79,8 +80,9 @@ def test_gradients_use_the_cache_too():
     x.grad = None
     assert output_cache_bytes() == 2 * BUFFER_BYTES  # and the gradient
     x64 = x.detach().double().requires_grad_()
-    reference.local_style_mix(x64, mean.double()[..., None, None], std.double()[..., None, None], (3, 3), None,
-                              "relu", 1e-5).sum().backward()
+    reference.local_style_mix(
+        x64, mean.double()[..., None, None], std.double()[..., None, None], (3, 3), None, "relu", 1e-5
+    ).sum().backward()
     assert_close(grad, x64.grad, TOLERANCE[torch.float32])
 
 
@@ -93,8 +95,13 @@ def test_reused_buffers_are_poisoned_like_fresh_memory():
     for _ in range(2):  # the second output reuses the first's buffer
         tokens = torch.randn(B, prefix + h * w, C, generator=gen)
         with use_backend("cpp"):
-            y = local_style_mix(tokens_as_grid(tokens, h, w, prefix), tokens.new_zeros(B, C), tokens.new_ones(B, C),
-                                grid=1, activation=None)
+            y = local_style_mix(
+                tokens_as_grid(tokens, h, w, prefix),
+                tokens.new_zeros(B, C),
+                tokens.new_ones(B, C),
+                grid=1,
+                activation=None,
+            )
         styled = grid_as_tokens(y)
         assert torch.isnan(styled[:, :prefix]).all() and torch.isfinite(styled[:, prefix:]).all()
         del y, styled

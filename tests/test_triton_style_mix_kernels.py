@@ -135,8 +135,9 @@ def test_token_grids_are_addressed_in_place(prefix, tiling, poisoned):
     B, h, w, C, grid = 3, 7, 6, 24, (2, 3)
     tokens, x = _token_grid(B, prefix, h, w, C, seed=11)
     _, target_mean, target_std, mix = make_inputs((B, C, h, w), grid, torch.float32, channels_last=True)
-    plan = style_mix.plan_forward(x, torch.empty_like(x), *style_mix._new_patch_params(x, *grid), target_mean,
-                                  target_std, mix, *grid, True, EPS)[0]
+    plan = style_mix.plan_forward(
+        x, torch.empty_like(x), *style_mix._new_patch_params(x, *grid), target_mean, target_std, mix, *grid, True, EPS
+    )[0]
     assert plan.args[0] is x and plan.constexprs["CHANNELS_LAST"]
     expected, _, _ = reference_forward(x, target_mean, target_std, mix, grid, True)
     out, mean, std = poisoned(style_mix.local_style_mix, x, target_mean, target_std, mix, *grid, True, EPS)

@@ -8,6 +8,9 @@
         ...
     handle.remove()                             # or snn.remove(model)
 
+On ViT tokens ``(B, 1 + h*w, C)``: ``snn.PatchTokens(aug)`` applies ``aug`` to the patch tokens (no copy in, the
+class token passed through).
+
 ``styleda_fast.nn.functional`` holds the same augmentations with the random draws as arguments;
 ``styleda_fast.nn.reference`` states what the public implementations compute (the tests' specification).
 """
@@ -21,11 +24,13 @@ from styleda_fast.nn.modules import (
     StyleAugmentation,
     StyleBankAugment,
 )
+from styleda_fast.nn.tokens import PatchTokens
 
 __all__ = [
     "DistributionUncertainty",
     "Insertion",
     "MixStyle",
+    "PatchTokens",
     "PermutedAdaIN",
     "StyleAugmentation",
     "StyleBankAugment",

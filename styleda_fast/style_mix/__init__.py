@@ -6,9 +6,9 @@ and Beta-distributed mixing weights shared by the patches of an image). The math
 next to this file; the executable specification: :mod:`styleda_fast.style_mix.reference`.
 
 Token grids: ``x`` may be a ViT's patch tokens seen as ``(B, C, h, w)`` (:func:`styleda_fast.tokens_as_grid`, a
-channels-last view whose images are ``(prefix + h*w) * C`` elements apart). The C++ kernels read and write it in
-place, fresh outputs get the same strides, and the prefix tokens are never touched. The Triton kernels do the same (each tensor has its own
-batch stride there too).
+channels-last view whose images are ``(prefix + h*w) * C`` elements apart). The C++ and Triton kernels read and
+write it in place (each tensor has its own batch stride), fresh outputs get the same strides, and the prefix tokens
+are never touched.
 """
 
 from __future__ import annotations

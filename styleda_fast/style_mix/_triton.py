@@ -324,8 +324,8 @@ def _style_mix_backward_kernel(
 
     HAS_GRAD_OUT (local_style_mix backward): writes the per-patch sums S1 = sum(g), S2 = sum(g*xn) to
     grad_mean/grad_std (the gradients of the mixed mean/std). Otherwise (patch_mean_std backward): reads the
-    incoming gradients of mean/std from grad_mean/grad_std. grad_out, x, grad_x: each image's elements at the same offsets (stride_c, stride_h,
-    stride_w), images each tensor's own batch stride apart.
+    incoming gradients of mean/std from grad_mean/grad_std. grad_out, x, grad_x: each image's elements at the same
+    offsets (stride_c, stride_h, stride_w), images each tensor's own batch stride apart.
     """
     image, channel, channel_mask, param_index, row0, col0, rows, cols = _program_coordinates(
         channels, height, width, grid_h, grid_w, channel_blocks, BLOCK_C, COLUMN_MULTIPLE, INDEX
