@@ -69,9 +69,43 @@ def checks(device: torch.device, small: bool):
             )
         for label, a, r in zip(("x", "style_mean", "style_std", "mix"), ours, leaves):
             yield f"grad {label} {shape} grid {grid} float32", rel_error(a.grad, r.grad), 1e-4
+    yield from token_grid_checks(device, small)
     if device.type == "cuda":
         yield from graph_capture_check(device, local_style_mix)
     yield "backends", 0.0 if styleda_fast.backends()["triton"].available else float("inf"), 0.0
+
+
+def token_grid_checks(device, small: bool):
+    """ViT tokens (B, 1 + h*w, C) read and written in place through tokens_as_grid (each tensor its own batch
+    stride in the kernels): forward, out= into the patch tokens (the class token untouched), the gradient."""
+    from styleda_fast import local_style_mix, tokens_as_grid, use_backend
+    from styleda_fast.style_mix import reference
+
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(2, 7, 5, 40, (2, 3))] + ([] if small else [(8, 48, 48, 768, (1, 1)), (3, 14, 14, 768, (3, 3))])
+    for B, h, w, C, grid in shapes:
+        tokens64 = torch.randn(B, 1 + h * w, C, generator=gen, dtype=torch.float64) * 2 + 1
+        sm = torch.randn(B, C, *grid, generator=gen, dtype=torch.float64)
+        ss = torch.rand(B, C, *grid, generator=gen, dtype=torch.float64) + 0.5
+        grid64 = tokens64[:, 1:].transpose(1, 2).reshape(B, C, h, w)
+        ref = reference.local_style_mix(grid64, sm, ss, grid, None, None)
+        name = f"tokens ({B}, 1+{h}x{w}, {C}) grid {grid}"
+        with use_backend("triton"):
+            tokens = tokens64.to(device, torch.float32)
+            y = local_style_mix(tokens_as_grid(tokens, h, w), sm.to(device), ss.to(device), grid=grid, activation=None)
+            yield f"forward {name}", rel_error(y, ref), TOL[torch.float32]
+            yield f"forward strides {name}", 0.0 if y.stride() == tokens_as_grid(tokens, h, w).stride() else 1.0, 0.0
+            cls = tokens[:, :1].clone()
+            view = tokens_as_grid(tokens, h, w)
+            local_style_mix(view, sm.to(device), ss.to(device), grid=grid, activation=None, out=view)
+            yield f"in place {name}", rel_error(view, ref), TOL[torch.float32]
+            yield f"class token untouched {name}", 0.0 if torch.equal(tokens[:, :1], cls) else 1.0, 0.0
+            leaf = tokens64.to(device, torch.float32).requires_grad_()
+            local_style_mix(tokens_as_grid(leaf, h, w), sm.to(device), ss.to(device), grid=grid).sum().backward()
+        leaf64 = tokens64.clone().requires_grad_()
+        grid_leaf = leaf64[:, 1:].transpose(1, 2).reshape(B, C, h, w)
+        reference.local_style_mix(grid_leaf, sm, ss, grid, None, "relu").sum().backward()
+        yield f"grad tokens {name}", rel_error(leaf.grad, leaf64.grad), 1e-4
 
 
 def graph_capture_check(device, local_style_mix):

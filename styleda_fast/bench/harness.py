@@ -302,6 +302,25 @@ def footnotes(rows: list[dict]) -> str:
 # ---------------------------------------------------------------- machine, JSON, plot
 
 
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """How many cores other processes keep busy, sampled from ``/proc/stat`` over ``seconds`` before the benchmark
+    starts (the 1-minute load average lags: it still counts a run that just ended). None where unavailable."""
+
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values) - idle, sum(values)
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
+
+
 def machine_info(device: torch.device) -> dict:
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -312,6 +331,7 @@ def machine_info(device: torch.device) -> dict:
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "busy_cores": busy_cores() if device.type == "cpu" else None,
     }
     try:
         import triton
@@ -446,10 +466,11 @@ def run(
         + ("" if compile_baseline else "; compile skipped (--no-compile)")
         + (".  --quick: small shapes, a smoke test, not a measurement" if quick else "")
     )
-    if info.get("load_1min") is not None and info["load_1min"] > 0.5 * (info["cores"] or 1):
+    if info.get("busy_cores") is not None and info["busy_cores"] > 0.25:
         log(
-            f"note: this machine is busy (load {info['load_1min']:.1f} on {info['cores']} cores): timings will be"
-            " inflated and noisy; for figures to publish, rerun on a quiet machine"
+            f"note: this machine is busy (other processes kept {info['busy_cores']:.1f} of {info['cores']} cores busy"
+            " over the last second): timings will be inflated and noisy; for figures to publish, rerun on a quiet"
+            " machine"
         )
     if compile_baseline:
         importlib.import_module("torch.utils.cpp_extension")  # torch.compile's import: its warnings here, not mid-line
