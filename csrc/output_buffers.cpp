@@ -150,7 +150,8 @@ at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides, int64_t 
   if (data == nullptr) {
     if (offset == 0 && at::detail::computeStorageNbytes(sizes, strides, 1) == size_t(elements))
       return at::empty_strided(sizes, strides, options);
-    return at::empty({elements}, options).as_strided(sizes, strides, offset);
+    // set_, not as_strided: the output owns its storage alone, it is not a view of a temporary buffer
+    return at::empty({0}, options).set_(at::empty({elements}, options).storage(), offset, sizes, strides);
   }
   at::Tensor out = at::for_blob(data, sizes)
                        .strides(strides)

@@ -254,7 +254,11 @@ def empty_kernel_output(x: Tensor) -> Tensor:
     """A fresh ``(B, C, H, W)`` output as the style-mix kernels (C++ and Triton) allocate it for input ``x``: the
     geometry of :func:`kernel_output_geometry`, uninitialised."""
     strides, offset, elements = kernel_output_geometry(x)
-    return torch.empty((elements,), dtype=x.dtype, device=x.device).as_strided(x.shape, strides, offset)
+    buffer = torch.empty((elements,), dtype=x.dtype, device=x.device)
+    if offset == 0 and buffer.numel() == x.numel():
+        return buffer.as_strided(x.shape, strides)
+    # set_, not as_strided: the output owns its storage alone (not a view of a temporary), as the C++ kernels' own
+    return torch.empty(0, dtype=x.dtype, device=x.device).set_(buffer.untyped_storage(), offset, x.shape, strides)
 
 
 def per_item(value, name: str, B: int, C: int, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -46,12 +46,58 @@ def tokens_as_grid(tokens: Tensor, h: int, w: int, prefix: int = 1) -> Tensor:
             f"tokens must have shape (B, prefix + h*w, C) = (B, {prefix + h * w}, C) for prefix={prefix}, h={h}, "
             f"w={w}; got {tuple(tokens.shape)}"
         )
+    if tokens.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _TokenGrid.apply(tokens, h, w, prefix)
+    return _grid_view(tokens, h, w, prefix)
+
+
+def _grid_view(tokens: Tensor, h: int, w: int, prefix: int) -> Tensor:
     grid = tokens[:, prefix:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
     if tokens.shape[0] == 1 and grid.stride(0) != tokens.stride(0):
         # a view gives a size-1 batch dimension a stride of its choosing; keep the tokens' own, so that the grid
         # (and the kernels' outputs on it) still say how many prefix rows lie before the patch tokens
         grid = grid.as_strided(grid.shape, (tokens.stride(0), *grid.stride()[1:]))
     return grid
+
+
+class _TokenGrid(torch.autograd.Function):
+    """``tokens_as_grid`` for tokens that need a gradient: the same view forward; backward builds the tokens'
+    gradient without a copy when the grid's gradient comes from the style-mix kernels (their gradient of a token
+    grid lies in a buffer shaped like the tokens, with unwritten rows where the prefix tokens go: those rows are
+    zeroed and the whole buffer is the tokens' gradient). Any other gradient is copied into zeros, as a slice's
+    backward does."""
+
+    @staticmethod
+    def forward(ctx, tokens, h, w, prefix):
+        ctx.tokens_shape, ctx.prefix = tokens.shape, prefix
+        return _grid_view(tokens, h, w, prefix)
+
+    @staticmethod
+    def backward(ctx, grad):
+        B, length, C = ctx.tokens_shape
+        prefix = ctx.prefix
+        if _owns_token_buffer(grad, prefix, length):
+            tokens_grad = grad.as_strided((B, length, C), (length * C, C, 1), grad.storage_offset() - prefix * C)
+            tokens_grad[:, :prefix].zero_()
+            return tokens_grad, None, None, None
+        tokens_grad = grad.new_zeros((B, length, C))
+        tokens_grad[:, prefix:] = grad.permute(0, 2, 3, 1).reshape(B, length - prefix, C)
+        return tokens_grad, None, None, None
+
+
+def _owns_token_buffer(grad: Tensor, prefix: int, length: int) -> bool:
+    """Whether ``grad`` is a token grid with room for ``prefix`` rows before each image whose storage no other
+    tensor uses (so those rows may be written): the kernels' fresh gradient of a token grid."""
+    if grad.shape[0] == 0 or grad._base is not None or grid_prefix(grad) != prefix:
+        return False
+    B, C = grad.shape[:2]
+    storage = grad.untyped_storage()
+    if storage.nbytes() != B * length * C * grad.element_size() or grad.storage_offset() != prefix * C:
+        return False
+    try:
+        return torch._C._storage_Use_Count(storage._cdata) <= 2  # grad's own reference and `storage` here
+    except AttributeError:  # a torch without this counter: take the safe path
+        return False
 
 
 def grid_prefix(grid: Tensor) -> int:

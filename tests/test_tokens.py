@@ -288,3 +288,31 @@ def test_torch_compile_on_the_token_view():
                                activation=None)  # fmt: skip
     assert torch.equal(tokens[:, :prefix], base[:, :prefix])
     assert_close(tokens_as_grid(tokens, h, w, prefix), expected)
+
+
+def _backward_ops(tokens_out: bool) -> tuple[torch.Tensor, set[str]]:
+    B, prefix, h, w, C = 2, 3, 6, 5, 16
+    tokens = _tokens(B, prefix, h, w, C, seed=21).requires_grad_()
+    sm, ss, _ = _style(B, C, (2, 1), seed=22)
+    weight = torch.randn(B, prefix + h * w, C, generator=torch.Generator().manual_seed(23), dtype=torch.float64)
+    with use_backend("cpp"):
+        y = local_style_mix(tokens_as_grid(tokens, h, w, prefix), sm, ss, grid=(2, 1))
+        if tokens_out:  # the grid's gradient arrives as a view of the gradient of new tokens: it must be copied
+            loss = (grid_as_tokens(y, tokens[:, :prefix] * 2) * weight).sum()
+        else:
+            loss = (y * weight[:, prefix:].transpose(1, 2).reshape(B, C, h, w)).sum()
+        with torch.profiler.profile() as profile:
+            loss.backward()
+    return tokens.grad, {event.name for event in profile.events()}
+
+
+@pytest.mark.usefixtures("poison_fresh_memory")
+def test_the_tokens_gradient_reuses_the_kernels_buffer():
+    """The kernels' gradient of a token grid already lies in a tokens-shaped buffer: its unwritten prefix rows
+    (NaN here) are zeroed and the buffer is the tokens' gradient, no copy. A gradient that arrives as a view of
+    another tensor takes the copy (control)."""
+    grad, ops = _backward_ops(tokens_out=False)
+    assert torch.equal(grad[:, :3], torch.zeros_like(grad[:, :3])) and torch.isfinite(grad).all()
+    assert "aten::copy_" not in ops
+    grad, ops = _backward_ops(tokens_out=True)
+    assert torch.isfinite(grad).all() and "aten::copy_" in ops
