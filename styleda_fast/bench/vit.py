@@ -10,9 +10,10 @@ Providers of the style-mix cases:
   the output are left as they are); ``ours (in place)``: ``out=`` the token view itself; ``ours``: a fresh output;
 * ``ours dense (out=)``, ``ours dense``: the same on a contiguous channels_last ``(8, 768, 48, 48)`` tensor, to
   show that the token view (batch stride ``2305 * 768``) costs nothing over a dense tensor;
-* forward+backward: the leaves are the tokens (``ours``: through ``tokens_as_grid``, whose backward lets autograd
-  zero-fill and copy a gradient of the whole tokens, as ``eager``'s slicing does) or the dense tensor (``ours
-  dense``); the incoming gradient has the layout it has in a ViT (a token grid; channels_last for dense);
+* forward+backward: the leaves are the tokens (``ours``: through ``tokens_as_grid``, whose backward takes the
+  kernels' tokens-shaped gradient buffer as the tokens' gradient, prefix rows zeroed, where ``eager``'s slicing
+  zero-fills and copies) or the dense tensor (``ours dense``); the incoming gradient has the layout it has in a ViT
+  (a token grid; channels_last for dense);
 * ``eager``: the fastest plain PyTorch on the tokens (``torch.var_mean`` over the token dimension, then the affine
   map; :func:`style_mix_tokens`), ``compile``: ``torch.compile`` of the same function.
 
