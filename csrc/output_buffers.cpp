@@ -25,6 +25,7 @@
 #include <vector>
 
 #ifdef __linux__
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -91,6 +92,9 @@ class BufferCache {
     return int64_t(released);
   }
 
+  void lock() { mutex_.lock(); }
+  void unlock() { mutex_.unlock(); }
+
   int64_t cached_bytes() {
     std::lock_guard<std::mutex> lock(mutex_);
     return int64_t(cached_);
@@ -105,7 +109,15 @@ class BufferCache {
 
 // Never destroyed: tensors may be freed during interpreter shutdown, after static destructors would have run.
 BufferCache& cache() {
-  static BufferCache* instance = new BufferCache();
+  static BufferCache* instance = [] {
+    auto* created = new BufferCache();
+#ifdef __linux__
+    // fork() (DataLoader workers) while another thread holds the cache's lock would leave the child a lock that
+    // nobody releases: hold it across the fork, then release it on both sides.
+    pthread_atfork([] { cache().lock(); }, [] { cache().unlock(); }, [] { cache().unlock(); });
+#endif
+    return created;
+  }();
   return *instance;
 }
 

@@ -126,3 +126,37 @@ def test_the_limit_bounds_what_is_kept():
     assert _run(code, "10").split() == [str(BUFFER_BYTES)] * 2  # room for one: the older goes
     assert _run(code, "0").split() == ["0", "0"]  # off
     assert _run(code, "").split() == [str(BUFFER_BYTES), str(2 * BUFFER_BYTES)]  # the default keeps both
+
+
+def test_forked_children_use_the_cache_while_the_parent_allocates():
+    """DataLoader workers fork the process: a child must find the cache's lock free even if a thread of the parent
+    was allocating at that moment (the lock is held across fork and released on both sides). A race: a run without
+    that handling hangs only when a fork lands inside the lock, so this test may miss a regression."""
+    import multiprocessing
+    import threading
+
+    x, mean, std = _inputs(7)
+    stop = threading.Event()
+
+    def allocate():
+        while not stop.is_set():
+            local_style_mix(x, mean, std, grid=1)
+
+    worker = threading.Thread(target=allocate)
+    worker.start()
+    try:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(2) as pool:
+            results = pool.starmap_async(_child_mix, [(seed,) for seed in range(6)]).get(timeout=120)
+    finally:
+        stop.set()
+        worker.join()
+    for seed, value in zip(range(6), results):
+        xs, ms, ss = _inputs(seed)
+        assert value == pytest.approx(float(local_style_mix(xs, ms, ss, grid=1).double().sum()), rel=1e-6)
+
+
+def _child_mix(seed: int) -> float:
+    torch.set_num_threads(1)  # as DataLoader workers do: OpenMP's thread pool does not survive a fork
+    xs, ms, ss = _inputs(seed)
+    return float(local_style_mix(xs, ms, ss, grid=1).double().sum())
