@@ -21,6 +21,7 @@
 #include "output_buffers.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -80,6 +81,12 @@ struct PatchParams {
   const A* mix = nullptr;
   A* grad_mixed_mean = nullptr;  // backward outputs; patch_mean_std_backward: the incoming gradients
   A* grad_mixed_std = nullptr;
+  // local_style_mix_grad_x: the per-patch sums of g and g*xn (from an earlier local_style_mix_backward) and the
+  // whole gradients reaching the patch's own mean and std, given instead of summed and derived from mix.
+  const A* given_sum_grad = nullptr;
+  const A* given_sum_grad_xn = nullptr;
+  const A* own_grad_mean = nullptr;
+  const A* own_grad_std = nullptr;
 };
 
 // Scratch for one task, reused across the tasks of a thread: per-lane arrays, and per-patch values (the
@@ -338,16 +345,24 @@ void local_style_mix_into_cpu(const at::Tensor& x, const at::Tensor& target_mean
 
 // grad_out is given: local_style_mix backward. grad_out absent: patch_mean_std backward, with the incoming
 // gradients of mean and std passed in grad_mixed_mean / grad_mixed_std. grad_out and grad_x have x's inner layout.
+// With `given` (sum_grad, sum_grad_xn, own_grad_mean, own_grad_std): local_style_mix_grad_x, which reads those
+// instead of summing g and writes only grad_x.
 void run_backward(const at::Tensor* grad_out, const at::Tensor& x_in, at::Tensor* grad_x, const PatchGrid& g,
                   bool relu, const at::Tensor& mean, const at::Tensor& std, const at::Tensor* target_mean,
                   const at::Tensor* target_std, const c10::optional<at::Tensor>& mix, const at::Tensor& grad_mixed_mean,
-                  const at::Tensor& grad_mixed_std) {
+                  const at::Tensor& grad_mixed_std, const std::array<at::Tensor, 4>* given = nullptr) {
   const Layout layout = layout_of(x_in).inner;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "styleda_fast_backward", [&] {
     using A = acc_t<scalar_t>;
     PatchParams<A> prm = patch_params<A>(mean, std, target_mean, target_std, mix);
     prm.grad_mixed_mean = grad_mixed_mean.data_ptr<A>();
     prm.grad_mixed_std = grad_mixed_std.data_ptr<A>();
+    if (given != nullptr) {
+      prm.given_sum_grad = (*given)[0].const_data_ptr<A>();
+      prm.given_sum_grad_xn = (*given)[1].const_data_ptr<A>();
+      prm.own_grad_mean = (*given)[2].const_data_ptr<A>();
+      prm.own_grad_std = (*given)[3].const_data_ptr<A>();
+    }
     const Images<scalar_t> x = images_of<scalar_t>(&x_in), dy = images_of<scalar_t>(grad_out),
                            dx = images_of<scalar_t>(grad_x);
     for_each_task<scalar_t>(layout, g, [&](const auto& t, int64_t b, const auto& param, const auto& count,
@@ -407,6 +422,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_style_mix_backward_cpu(
   return {grad_x, grad_mixed_mean, grad_mixed_std};
 }
 
+at::Tensor local_style_mix_grad_x_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& mean,
+                                      const at::Tensor& std, const at::Tensor& target_mean,
+                                      const at::Tensor& target_std, const c10::optional<at::Tensor>& mix,
+                                      const at::Tensor& sum_grad, const at::Tensor& sum_grad_xn,
+                                      const at::Tensor& grad_mean, const at::Tensor& grad_std, bool relu) {
+  check_input(x_in);
+  check_grid(x_in, mean.size(2), mean.size(3));
+  TORCH_CHECK_VALUE(grad_out_in.sizes() == x_in.sizes() && grad_out_in.scalar_type() == x_in.scalar_type(),
+                    "styleda_fast: grad_out must have x's shape and dtype");
+  const at::Tensor x = kernel_input(x_in);
+  const at::Tensor grad_out = like_layout(grad_out_in, x);
+  const PatchGrid g(x, mean.size(2), mean.size(3));
+  const auto acc = acc_dtype(x);
+  check_patch_param(mean, "mean", g, acc);
+  check_patch_param(std, "std", g, acc);
+  check_style_args(g, acc, target_mean, target_std, mix);
+  check_patch_param(sum_grad, "sum_grad", g, acc);
+  check_patch_param(sum_grad_xn, "sum_grad_xn", g, acc);
+  check_patch_param(grad_mean, "grad_mean", g, acc);
+  check_patch_param(grad_std, "grad_std", g, acc);
+  at::Tensor grad_x = empty_output_like(x), unused = at::empty_like(mean);
+  const std::array<at::Tensor, 4> given{sum_grad, sum_grad_xn, grad_mean, grad_std};
+  run_backward(&grad_out, x, &grad_x, g, relu, mean, std, &target_mean, &target_std, mix, unused, unused, &given);
+  return grad_x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
@@ -432,6 +473,15 @@ TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
       "local_style_mix_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor std, Tensor target_mean,"
       " Tensor target_std, Tensor? mix, bool relu, bool compute_grad_x)"
       " -> (Tensor grad_x, Tensor grad_mixed_mean, Tensor grad_mixed_std)");
+  // grad_x of local_style_mix when the gradients reaching the patch statistics come from elsewhere too (DSU: its
+  // targets are functions of the statistics of the whole batch): grad_x = a*g + b + c*(x - mean) per patch with
+  // a = the transfer's scale, b = (grad_mean - a*sum_grad)/n, c = (grad_std - a*sum_grad_xn)/((n-1)*std) (a 1-pixel
+  // patch: grad_mean), g = grad_out masked by the ReLU. sum_grad / sum_grad_xn: local_style_mix_backward's
+  // grad_mixed_mean / grad_mixed_std; grad_mean / grad_std: the whole gradients of the patch's own mean and std.
+  m.def(
+      "local_style_mix_grad_x(Tensor grad_out, Tensor x, Tensor mean, Tensor std, Tensor target_mean,"
+      " Tensor target_std, Tensor? mix, Tensor sum_grad, Tensor sum_grad_xn, Tensor grad_mean, Tensor grad_std,"
+      " bool relu) -> Tensor grad_x");
 }
 
 TORCH_LIBRARY_IMPL(styleda_fast, CPU, m) {
@@ -440,6 +490,7 @@ TORCH_LIBRARY_IMPL(styleda_fast, CPU, m) {
   m.impl("local_style_mix", &local_style_mix_cpu);
   m.impl("local_style_mix_into", &local_style_mix_into_cpu);
   m.impl("local_style_mix_backward", &local_style_mix_backward_cpu);
+  m.impl("local_style_mix_grad_x", &local_style_mix_grad_x_cpu);
 }
 
 }  // namespace styleda_fast

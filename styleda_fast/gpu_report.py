@@ -119,6 +119,12 @@ def _style_mix(op: str, shape, grid: int, dtype, channels_last: bool, mix: bool)
         if op == "backward":
             grad_out = torch.empty_like(x)
             return m.plan_backward(grad_out, x, like, param(), param(), param(), param(), w, param(), param(), True)
+        if op == "grad_x":  # local_style_mix_grad_x (DSU's second backward pass): sums given
+            grad_out = torch.empty_like(x)
+            own = (param(), param())
+            return m.plan_backward(
+                grad_out, x, like, param(), param(), param(), param(), w, param(), param(), False, own_grads=own
+            )
         return m.plan_backward(None, x, like, param(), param(), None, None, None, param(), param(), False)
 
     return build
@@ -141,16 +147,20 @@ def _style_mix_variants() -> list[Variant]:
         ("backward", 1, torch.float32, True, True),
         ("backward", 3, torch.bfloat16, False, False),
         ("stats_backward", 1, torch.float32, False, False),
+        ("grad_x", 1, torch.float32, False, False),
     }
     variants = []
-    for op in ("forward", "stats", "backward", "stats_backward"):
+    for op in ("forward", "stats", "backward", "stats_backward", "grad_x"):
         for grid in (3, 1):
             for dtype in names:
                 for channels_last in (False, True):
                     for mix in (True, False) if op in ("forward", "backward") else (False,):
+                        if op == "grad_x" and grid == 3:
+                            continue  # DSU: global statistics only
+                        suffix = "" if mix or op in ("stats", "stats_backward", "grad_x") else " nomix"
                         name = (
                             f"{op} {'famix g3' if grid == 3 else 'poda g1'} {names[dtype]} "
-                            f"{'cl' if channels_last else 'nchw'}{'' if mix or op.startswith('stats') else ' nomix'}"
+                            f"{'cl' if channels_last else 'nchw'}{suffix}"
                         )
                         key = (op, grid, dtype, channels_last, mix)
                         build = _style_mix(op, FAMIX, grid, dtype, channels_last, mix)

@@ -96,13 +96,18 @@ def test_inserted_into_an_open_clip_vit():
 
 
 def test_compiles_without_graph_breaks():
-    tokens = _tokens(2, 1, 4, 4, 8, seed=6).float()
+    """fullgraph, and again on other token counts: the recompilation then treats the sizes as symbolic (automatic
+    dynamic shapes), which the square-grid arithmetic must survive."""
+    torch._dynamo.reset()
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), snn.PatchTokens(snn.MixStyle(p=1.0, generator=3)))
     model.train()
-    eager = model(tokens)
-    model[1].layer.generator.manual_seed(3)
-    compiled = torch.compile(model, fullgraph=True)(tokens)
-    assert_close(compiled, eager, TOLERANCE[torch.float32])
+    compiled = torch.compile(model, fullgraph=True)
+    for side, seed in ((4, 6), (5, 7), (6, 8)):
+        tokens = _tokens(2, 1, side, side, 8, seed=seed).float()
+        model[1].layer.generator.manual_seed(3)
+        eager = model(tokens)
+        model[1].layer.generator.manual_seed(3)
+        assert_close(compiled(tokens), eager, TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize(

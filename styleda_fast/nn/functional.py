@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 from styleda_fast import _checks, local_style_mix, patch_mean_std
+from styleda_fast._backend import run_op, select_backend
+from styleda_fast._library import differentiable_grads
 
 __all__ = [
     "beta_weights",
@@ -202,8 +204,82 @@ def dsu(x: Tensor, noise_mean: Tensor, noise_std: Tensor, eps: float = 1e-6) -> 
     acc = _acc(x.dtype)
     noise_mean = _check_draw(noise_mean, "noise_mean", (B, C), False, x.device).to(acc)
     noise_std = _check_draw(noise_std, "noise_std", (B, C), False, x.device).to(acc)
+    if select_backend(x.device) == "reference" or torch.compiler.is_compiling() or not x.requires_grad:
+        return _dsu_composite(x, noise_mean, noise_std, eps)
+    return _DSUFunction.apply(x, noise_mean, noise_std, eps)
+
+
+def _dsu_targets(mean: Tensor, std: Tensor, noise_mean: Tensor, noise_std: Tensor, eps: float):
+    """``(beta, gamma, batch std of mean, batch std of std)`` from the ``(B, C)`` statistics."""
+    mean_spread, std_spread = batch_std(mean, eps), batch_std(std, eps)
+    return mean + noise_mean * mean_spread, std + noise_std * std_spread, mean_spread, std_spread
+
+
+def _dsu_composite(x: Tensor, noise_mean: Tensor, noise_std: Tensor, eps: float) -> Tensor:
+    """DSU from the differentiable operators (their gradients summed by autograd; also twice differentiable)."""
     mean, std = patch_mean_std(x, 1, eps)
-    mean, std = mean.to(acc).flatten(1), std.to(acc).flatten(1)
-    beta = mean + noise_mean * batch_std(mean, eps)
-    gamma = std + noise_std * batch_std(std, eps)
+    acc = noise_mean.dtype
+    beta, gamma, _, _ = _dsu_targets(mean.to(acc).flatten(1), std.to(acc).flatten(1), noise_mean, noise_std, eps)
     return local_style_mix(x, beta, gamma, grid=1, mix=None, activation=None, eps=eps)
+
+
+def _batch_coupling(stat: Tensor, sums: Tensor, noise: Tensor, spread: Tensor) -> Tensor:
+    """Gradient reaching ``stat (B, C)`` through ``target = stat + noise * spread(stat)`` given ``sums`` = the
+    gradient of the target: ``sums + (sum_b sums*noise) * d spread / d stat`` with ``d spread_c / d stat_bc =
+    (stat_bc - mean_b stat_c) / ((B - 1) * spread_c)`` (0 for a batch of one, whose spread is the constant
+    ``sqrt(eps)``)."""
+    B = stat.shape[0]
+    if B == 1:
+        return sums
+    return sums + (sums * noise).sum(0, keepdim=True) * (stat - stat.mean(0, keepdim=True)) / ((B - 1) * spread)
+
+
+class _DSUFunction(torch.autograd.Function):
+    """DSU with a two-pass backward: one pass for the per-(image, channel) sums of the gradient (the gradients of
+    beta and gamma), then, with the batch coupling of beta and gamma through the statistics of every image added
+    on ``(B, C)`` tensors, one pass writing grad_x (``local_style_mix_grad_x``). The composite form runs the
+    style-mix backward, then the statistics' backward, then adds the two feature-sized gradients: two more passes
+    over memory."""
+
+    @staticmethod
+    def forward(ctx, x, noise_mean, noise_std, eps):
+        acc = noise_mean.dtype
+        shape = (x.shape[0], x.shape[1], 1, 1)
+        mean4, std4 = run_op("style_mix", "patch_mean_std", x.device, (x, 1, 1, eps), _reference_only)
+        beta, gamma, mean_spread, std_spread = _dsu_targets(
+            mean4.flatten(1), std4.flatten(1), noise_mean, noise_std, eps
+        )
+        beta4, gamma4 = beta.reshape(shape).contiguous(), gamma.reshape(shape).contiguous()
+        y, _, _ = run_op(
+            "style_mix", "local_style_mix", x.device, (x, beta4, gamma4, None, 1, 1, False, eps), _reference_only
+        )
+        ctx.save_for_backward(x, mean4, std4, beta4, gamma4, noise_mean, noise_std, mean_spread, std_spread)
+        ctx.eps, ctx.acc = eps, acc
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, mean4, std4, beta4, gamma4, noise_mean, noise_std, mean_spread, std_spread = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the composite form, twice differentiable
+            grad_x = differentiable_grads(
+                lambda x: _dsu_composite(x, noise_mean, noise_std, ctx.eps), (x,), (True,), (grad_y,)
+            )[0]
+            return grad_x, None, None, None
+        _, sum_grad, sum_grad_xn = run_op(
+            "style_mix", "local_style_mix_backward", x.device,
+            (grad_y, x, mean4, std4, beta4, gamma4, None, False, False), _reference_only,
+        )  # fmt: skip
+        B, C = x.shape[:2]
+        grad_mean = _batch_coupling(mean4.flatten(1), sum_grad.flatten(1), noise_mean, mean_spread)
+        grad_std = _batch_coupling(std4.flatten(1), sum_grad_xn.flatten(1), noise_std, std_spread)
+        grad_x = run_op(
+            "style_mix", "local_style_mix_grad_x", x.device,
+            (grad_y, x, mean4, std4, beta4, gamma4, None, sum_grad, sum_grad_xn,
+             grad_mean.reshape(B, C, 1, 1).contiguous(), grad_std.reshape(B, C, 1, 1).contiguous(), False),
+            _reference_only,
+        )  # fmt: skip
+        return grad_x, None, None, None
+
+
+def _reference_only():
+    raise AssertionError("the DSU kernels path runs only where a kernel backend is selected")

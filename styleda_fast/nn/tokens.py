@@ -8,8 +8,6 @@ this package on the patch tokens of ``(B, prefix + h*w, C)`` tokens, read throug
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
 from styleda_fast._checks import check_int
@@ -72,8 +70,10 @@ class PatchTokens(nn.Module):
                     f"tokens hold {length} tokens; prefix={self.prefix} and grid={self.grid} need {self.prefix + h * w}"
                 )
             return h, w
-        side = math.isqrt(max(patches, 0))
-        if patches < 1 or side * side != patches:
+        if patches < 1:
+            raise ValueError(f"tokens hold {length} tokens: none left after prefix={self.prefix}")
+        side = round(patches**0.5)  # not math.isqrt: under torch.compile with dynamic shapes, length is symbolic
+        if side * side != patches:
             raise ValueError(
                 f"tokens hold {length} tokens: {patches} after prefix={self.prefix} do not form a square grid; "
                 "pass grid=(h, w)"

@@ -62,6 +62,13 @@ def _local_style_mix_backward_fake(grad_out, x, mean, std, target_mean, target_s
     return grad_x, torch.empty_like(mean), torch.empty_like(mean)
 
 
+def _local_style_mix_grad_x_fake(
+    grad_out, x, mean, std, target_mean, target_std, mix, sum_grad, sum_grad_xn, grad_mean, grad_std, relu
+):
+    _check_features(x)
+    return empty_kernel_output(x)
+
+
 # ---------------------------------------------------------------- autograd
 
 
@@ -202,12 +209,23 @@ def _check_local_style_mix_backward(grad_out, x, mean, std, target_mean, target_
     require(grad_out.shape == x.shape and grad_out.dtype == x.dtype, "grad_out must have x's shape and dtype")
 
 
+def _check_local_style_mix_grad_x(
+    grad_out, x, mean, std, target_mean, target_std, mix, sum_grad, sum_grad_xn, grad_mean, grad_std, relu
+):
+    _check_local_style_mix_backward(grad_out, x, mean, std, target_mean, target_std, mix, relu, True)
+    shape = tuple(mean.shape)
+    for value, name in ((sum_grad, "sum_grad"), (sum_grad_xn, "sum_grad_xn"), (grad_mean, "grad_mean"),
+                        (grad_std, "grad_std")):  # fmt: skip
+        require_params(value, name, shape, x)
+
+
 CHECKS = {
     "patch_mean_std": _check_patch_mean_std,
     "patch_mean_std_backward": _check_patch_mean_std_backward,
     "local_style_mix": _check_local_style_mix,
     "local_style_mix_into": _check_local_style_mix_into,
     "local_style_mix_backward": _check_local_style_mix_backward,
+    "local_style_mix_grad_x": _check_local_style_mix_grad_x,
 }
 
 # ---------------------------------------------------------------- registration
@@ -218,6 +236,7 @@ FAKES = {
     "local_style_mix": _local_style_mix_fake,
     "local_style_mix_into": _local_style_mix_into_fake,
     "local_style_mix_backward": _local_style_mix_backward_fake,
+    "local_style_mix_grad_x": _local_style_mix_grad_x_fake,
 }
 AUTOGRAD = {
     "patch_mean_std": (_patch_mean_std_backward, _patch_mean_std_setup),

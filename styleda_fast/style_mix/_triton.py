@@ -294,6 +294,8 @@ def _style_mix_backward_kernel(
     mix_ptr,
     grad_mean_ptr,
     grad_std_ptr,
+    own_grad_mean_ptr,
+    own_grad_std_ptr,
     channels,
     height,
     width,
@@ -312,6 +314,7 @@ def _style_mix_backward_kernel(
     HAS_MIX: tl.constexpr,
     RELU: tl.constexpr,
     COMPUTE_GRAD_X: tl.constexpr,
+    SUMS_GIVEN: tl.constexpr,
     SINGLE_TILE: tl.constexpr,
     KEEP_LAST: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -324,7 +327,9 @@ def _style_mix_backward_kernel(
 
     HAS_GRAD_OUT (local_style_mix backward): writes the per-patch sums S1 = sum(g), S2 = sum(g*xn) to
     grad_mean/grad_std (the gradients of the mixed mean/std). Otherwise (patch_mean_std backward): reads the
-    incoming gradients of mean/std from grad_mean/grad_std. grad_out, x, grad_x: each image's elements at the same
+    incoming gradients of mean/std from grad_mean/grad_std. SUMS_GIVEN (local_style_mix_grad_x, with grad_out):
+    reads S1, S2 from grad_mean/grad_std and the whole gradients of the patch's own mean/std from
+    own_grad_mean/own_grad_std, and only writes grad_x. grad_out, x, grad_x: each image's elements at the same
     offsets (stride_c, stride_h, stride_w), images each tensor's own batch stride apart.
     """
     image, channel, channel_mask, param_index, row0, col0, rows, cols = _program_coordinates(
@@ -350,7 +355,14 @@ def _style_mix_backward_kernel(
             mean, std, target_mean_ptr, target_std_ptr, mix_ptr, param_index, channel_mask, HAS_MIX
         )
         scale_3d, shift_3d = scale[:, None, None], shift[:, None, None]
-        if SINGLE_TILE:
+        if SUMS_GIVEN:
+            if SINGLE_TILE:
+                centered, grad = _masked_grad(
+                    grad_out_ptr, x_ptr, offsets, mask, mean_3d, scale_3d, shift_3d, ACC, RELU
+                )
+            sum_grad = tl.load(grad_mean_ptr + param_index, mask=channel_mask, other=0.0)
+            sum_grad_centered = tl.load(grad_std_ptr + param_index, mask=channel_mask, other=0.0) * std
+        elif SINGLE_TILE:
             centered, grad = _masked_grad(grad_out_ptr, x_ptr, offsets, mask, mean_3d, scale_3d, shift_3d, ACC, RELU)
             sum_grad = _sum_pixels(grad)
             sum_grad_centered = _sum_pixels(grad * centered)
@@ -372,12 +384,17 @@ def _style_mix_backward_kernel(
                     centered, grad = tile_centered, tile_grad
             tile_row, tile_col = _tile_start(n_tiles - 1, tiles_w, BLOCK_H, BLOCK_W)
             offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)  # the last's
-        sum_grad_normalized = sum_grad_centered / std
-        tl.store(grad_mean_ptr + param_index, sum_grad, mask=channel_mask)
-        tl.store(grad_std_ptr + param_index, sum_grad_normalized, mask=channel_mask)
-        # The share w of the gradient of the mixed statistics reaches the patch's own mean and std.
-        grad_of_mean = w * sum_grad
-        grad_of_std = w * sum_grad_normalized
+        if SUMS_GIVEN:
+            sum_grad_normalized = tl.load(grad_std_ptr + param_index, mask=channel_mask, other=0.0)
+            grad_of_mean = tl.load(own_grad_mean_ptr + param_index, mask=channel_mask, other=0.0)
+            grad_of_std = tl.load(own_grad_std_ptr + param_index, mask=channel_mask, other=0.0)
+        else:
+            sum_grad_normalized = sum_grad_centered / std
+            tl.store(grad_mean_ptr + param_index, sum_grad, mask=channel_mask)
+            tl.store(grad_std_ptr + param_index, sum_grad_normalized, mask=channel_mask)
+            # The share w of the gradient of the mixed statistics reaches the patch's own mean and std.
+            grad_of_mean = w * sum_grad
+            grad_of_std = w * sum_grad_normalized
     else:
         scale = tl.zeros_like(mean)
         sum_grad = tl.zeros_like(mean)
@@ -409,10 +426,10 @@ def _style_mix_backward_kernel(
         else:
             # From the last tile backwards (the most recently read first: the likeliest still in L2); with grad_out
             # and KEEP_LAST the last tile comes from registers.
-            if HAS_GRAD_OUT and KEEP_LAST:
+            if HAS_GRAD_OUT and KEEP_LAST and not SUMS_GIVEN:
                 grad_x = coef_g_3d * grad + coef_const_3d + coef_centered_3d * centered
                 tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
-            for k in range(1 if HAS_GRAD_OUT and KEEP_LAST else 0, n_tiles):
+            for k in range(1 if HAS_GRAD_OUT and KEEP_LAST and not SUMS_GIVEN else 0, n_tiles):
                 tile_row, tile_col = _tile_start(n_tiles - 1 - k, tiles_w, BLOCK_H, BLOCK_W)
                 offsets, mask = _tile_offsets(patch, tile_row, tile_col, CHANNELS_LAST, BLOCK_H, BLOCK_W)
                 if HAS_GRAD_OUT:
@@ -574,14 +591,17 @@ def plan_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w
 
 
 def plan_backward(
-    grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mean, grad_std, relu
+    grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mean, grad_std, relu, own_grads=None
 ) -> list[LaunchPlan]:
-    """See _style_mix_backward_kernel; grad_out None selects the patch_mean_std backward, grad_x None skips dx."""
+    """See _style_mix_backward_kernel; grad_out None selects the patch_mean_std backward, grad_x None skips dx;
+    ``own_grads = (own_grad_mean, own_grad_std)`` selects local_style_mix_grad_x (grad_mean/grad_std then hold the
+    given sums S1, S2)."""
     config = _TileConfig(x, mean.shape[2], mean.shape[3])
     has_grad_out = grad_out is not None
+    sums_given = own_grads is not None
     inputs = 1 + has_grad_out  # tensors of x's size read per pass
     reread = (grad_x is not None) * (1 - config.keep_last / config.tiles)
-    passes = 1 if config.single_tile or not has_grad_out else 1 + reread
+    passes = 1 if config.single_tile or not has_grad_out or sums_given else 1 + reread
     args = (
         grad_out if has_grad_out else x,
         x,
@@ -593,6 +613,7 @@ def plan_backward(
         mix if mix is not None else mean,
         grad_mean,
         grad_std,
+        *(own_grads if sums_given else (mean, std)),
         x.shape[1],
         x.shape[2],
         x.shape[3],
@@ -610,6 +631,7 @@ def plan_backward(
         HAS_MIX=mix is not None,
         RELU=bool(relu),
         COMPUTE_GRAD_X=grad_x is not None,
+        SUMS_GIVEN=sums_given,
         **config.constexprs(),
     )
     return [
@@ -620,7 +642,7 @@ def plan_backward(
             constexprs,
             config.num_warps,
             bytes_moved=int(passes * inputs * nbytes(x))
-            + nbytes(grad_x, mean, std, target_mean, target_std, mix, grad_mean, grad_std),
+            + nbytes(grad_x, mean, std, target_mean, target_std, mix, grad_mean, grad_std, *(own_grads or ())),
             bytes_per_step=config.tile_elements * x.element_size() * inputs,
         )
     ]
@@ -714,3 +736,42 @@ def local_style_mix_backward(
         )
     )
     return (grad_x if compute_grad_x else x.new_empty(0)), grad_mixed_mean, grad_mixed_std
+
+
+def local_style_mix_grad_x(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    target_mean: torch.Tensor,
+    target_std: torch.Tensor,
+    mix: torch.Tensor | None,
+    sum_grad: torch.Tensor,
+    sum_grad_xn: torch.Tensor,
+    grad_mean: torch.Tensor,
+    grad_std: torch.Tensor,
+    relu: bool,
+) -> torch.Tensor:
+    """grad_x of local_style_mix with given per-patch sums and whole gradients of the patch statistics (see the
+    operator's schema comment): ``a*g + (grad_mean - a*sum_grad)/n + (grad_std - a*sum_grad_xn)/((n-1)*std) *
+    (x - mean)``, x's strides."""
+    x = kernel_layout(x)
+    grad_out = _like_layout(grad_out, x)
+    grad_x = empty_kernel_output(x)
+    launch(
+        plan_backward(
+            grad_out,
+            x,
+            grad_x,
+            mean,
+            std,
+            target_mean,
+            target_std,
+            mix,
+            sum_grad,
+            sum_grad_xn,
+            relu,
+            own_grads=(grad_mean, grad_std),
+        )  # fmt: skip
+    )
+    return grad_x
