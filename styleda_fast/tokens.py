@@ -2,10 +2,10 @@
 ``(B, C, h, w)`` grid without a copy, and back.
 
 The grid is a channels-last view whose images are ``(prefix + h*w) * C`` elements apart (not ``C*h*w``): the
-prefix tokens (class token, registers) sit between the images. The style-mix kernels on the CPU read and write such
+prefix tokens (class token, registers) sit between the images. The C++ style-mix kernels read and write such
 a view in place (``local_style_mix(grid, ..., out=grid)`` styles the patch tokens of ``tokens`` and leaves the
 prefix tokens bit for bit as they were); a fresh output has the same strides, with an unwritten gap where the
-prefix tokens go. The Triton backend copies the grid first (its launchers take dense tensors only).
+prefix tokens go. The Triton kernels do the same (each tensor has its own batch stride there too).
 
     grid = tokens_as_grid(tokens, h, w)                     # (B, C, h, w) view, no copy
     local_style_mix(grid, mean, std, grid=1, activation=None, out=grid)  # in place, prefix untouched
@@ -33,7 +33,7 @@ def tokens_as_grid(tokens: Tensor, h: int, w: int, prefix: int = 1) -> Tensor:
         prefix: tokens before the patch tokens (1: the class token; more with register tokens; 0: none).
     Returns:
         The view ``tokens[:, prefix:]`` as ``(B, C, h, w)``; with dense ``(prefix + h*w, C)`` rows it is
-        channels-last with batch stride ``(prefix + h*w) * C``, which the C++ style-mix kernels read and write
+        channels-last with batch stride ``(prefix + h*w) * C``, which the style-mix kernels read and write
         directly. Writing into it writes into ``tokens``.
     """
     if not isinstance(tokens, Tensor):
