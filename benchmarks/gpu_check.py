@@ -70,6 +70,7 @@ def checks(device: torch.device, small: bool):
         for label, a, r in zip(("x", "style_mean", "style_std", "mix"), ours, leaves):
             yield f"grad {label} {shape} grid {grid} float32", rel_error(a.grad, r.grad), 1e-4
     yield from token_grid_checks(device, small)
+    yield from dsu_checks(device)
     if device.type == "cuda":
         yield from graph_capture_check(device, local_style_mix)
     yield "backends", 0.0 if styleda_fast.backends()["triton"].available else float("inf"), 0.0
@@ -106,6 +107,29 @@ def token_grid_checks(device, small: bool):
         grid_leaf = leaf64[:, 1:].transpose(1, 2).reshape(B, C, h, w)
         reference.local_style_mix(grid_leaf, sm, ss, grid, None, "relu").sum().backward()
         yield f"grad tokens {name}", rel_error(leaf.grad, leaf64.grad), 1e-4
+
+
+def dsu_checks(device):
+    """DSU's two-pass backward on Triton (local_style_mix_grad_x) against the differentiable composite in float64."""
+    from styleda_fast import use_backend
+    from styleda_fast.nn.functional import _dsu_composite, dsu
+
+    gen = torch.Generator().manual_seed(2)
+    for shape in ((8, 64, 56, 56), (1, 16, 9, 7), (5, 32, 33, 17)):
+        B, C = shape[:2]
+        x64 = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 1
+        noise = [torch.randn(B, C, generator=gen, dtype=torch.float64) for _ in range(2)]
+        grad = torch.randn(shape, generator=gen, dtype=torch.float64)
+        leaf64 = x64.clone().requires_grad_()
+        with use_backend("reference"):
+            expected = _dsu_composite(leaf64, *noise, 1e-6)
+            expected.backward(grad)
+        leaf = x64.to(device, torch.float32).requires_grad_()
+        with use_backend("triton"):
+            y = dsu(leaf, *(n.to(device) for n in noise))
+            y.backward(grad.to(device, torch.float32))
+        yield f"dsu forward {shape}", rel_error(y, expected), 1e-5
+        yield f"dsu grad x {shape}", rel_error(leaf.grad, leaf64.grad), 1e-4
 
 
 def graph_capture_check(device, local_style_mix):
