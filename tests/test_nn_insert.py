@@ -1,4 +1,4 @@
-"""Inserting augmentation layers into torchvision and open_clip ResNets, removing them, switching them off."""
+"""Inserting augmentation layers into torchvision, open_clip and timm CNNs, removing them, switching them off."""
 
 import copy
 
@@ -62,6 +62,18 @@ def test_open_clip_rn50_visual():
     visual = open_clip.create_model("RN50", pretrained=None, force_image_size=64).visual  # random weights
     x = torch.randn(2, 3, 64, 64)
     check_round_trip(visual, [("layer1", snn.MixStyle(p=1.0, mix="crossdomain", generator=0))], x)
+
+
+def test_timm_cnn():
+    timm = pytest.importorskip("timm")  # installed with open_clip
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    check_round_trip(
+        model,
+        [("layer1", snn.MixStyle(p=1.0, generator=0)), ("layer2", snn.DistributionUncertainty(p=1.0, generator=1))],
+        x,
+    )
 
 
 def small_model() -> nn.Module:
