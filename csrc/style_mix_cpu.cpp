@@ -400,21 +400,35 @@ at::Tensor patch_mean_std_backward_cpu(const at::Tensor& grad_mean, const at::Te
   return grad_x;
 }
 
+// The checked inputs of a local_style_mix backward: x as the kernels address it, grad_out in x's inner layout,
+// the patch grid of mean's shape.
+struct TransferBackwardInputs {
+  at::Tensor x, grad_out;
+  PatchGrid g;
+};
+
+TransferBackwardInputs transfer_backward_inputs(const at::Tensor& grad_out_in, const at::Tensor& x_in,
+                                                const at::Tensor& mean, const at::Tensor& std,
+                                                const at::Tensor& target_mean, const at::Tensor& target_std,
+                                                const c10::optional<at::Tensor>& mix) {
+  check_input(x_in);
+  check_grid(x_in, mean.size(2), mean.size(3));
+  TORCH_CHECK_VALUE(grad_out_in.sizes() == x_in.sizes() && grad_out_in.scalar_type() == x_in.scalar_type(),
+                    "styleda_fast: grad_out must have x's shape and dtype");
+  const at::Tensor x = kernel_input(x_in);
+  TransferBackwardInputs in{x, like_layout(grad_out_in, x), PatchGrid(x, mean.size(2), mean.size(3))};
+  const auto acc = acc_dtype(x);
+  check_patch_param(mean, "mean", in.g, acc);
+  check_patch_param(std, "std", in.g, acc);
+  check_style_args(in.g, acc, target_mean, target_std, mix);
+  return in;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_style_mix_backward_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& std,
     const at::Tensor& target_mean, const at::Tensor& target_std, const c10::optional<at::Tensor>& mix, bool relu,
     bool compute_grad_x) {
-  check_input(x_in);
-  check_grid(x_in, mean.size(2), mean.size(3));
-  TORCH_CHECK_VALUE(grad_out_in.sizes() == x_in.sizes() && grad_out_in.scalar_type() == x_in.scalar_type(),
-              "styleda_fast: grad_out must have x's shape and dtype");
-  const at::Tensor x = kernel_input(x_in);
-  const at::Tensor grad_out = like_layout(grad_out_in, x);
-  const PatchGrid g(x, mean.size(2), mean.size(3));
-  const auto acc = acc_dtype(x);
-  check_patch_param(mean, "mean", g, acc);
-  check_patch_param(std, "std", g, acc);
-  check_style_args(g, acc, target_mean, target_std, mix);
+  const auto [x, grad_out, g] = transfer_backward_inputs(grad_out_in, x_in, mean, std, target_mean, target_std, mix);
   at::Tensor grad_mixed_mean = at::empty_like(mean), grad_mixed_std = at::empty_like(mean);
   at::Tensor grad_x = compute_grad_x ? empty_output_like(x) : at::empty({0}, x.options());
   run_backward(&grad_out, x, compute_grad_x ? &grad_x : nullptr, g, relu, mean, std, &target_mean, &target_std, mix,
@@ -427,17 +441,8 @@ at::Tensor local_style_mix_grad_x_cpu(const at::Tensor& grad_out_in, const at::T
                                       const at::Tensor& target_std, const c10::optional<at::Tensor>& mix,
                                       const at::Tensor& sum_grad, const at::Tensor& sum_grad_xn,
                                       const at::Tensor& grad_mean, const at::Tensor& grad_std, bool relu) {
-  check_input(x_in);
-  check_grid(x_in, mean.size(2), mean.size(3));
-  TORCH_CHECK_VALUE(grad_out_in.sizes() == x_in.sizes() && grad_out_in.scalar_type() == x_in.scalar_type(),
-                    "styleda_fast: grad_out must have x's shape and dtype");
-  const at::Tensor x = kernel_input(x_in);
-  const at::Tensor grad_out = like_layout(grad_out_in, x);
-  const PatchGrid g(x, mean.size(2), mean.size(3));
+  const auto [x, grad_out, g] = transfer_backward_inputs(grad_out_in, x_in, mean, std, target_mean, target_std, mix);
   const auto acc = acc_dtype(x);
-  check_patch_param(mean, "mean", g, acc);
-  check_patch_param(std, "std", g, acc);
-  check_style_args(g, acc, target_mean, target_std, mix);
   check_patch_param(sum_grad, "sum_grad", g, acc);
   check_patch_param(sum_grad_xn, "sum_grad_xn", g, acc);
   check_patch_param(grad_mean, "grad_mean", g, acc);
