@@ -168,6 +168,16 @@ int64_t channel_block(const PatchGrid& g) {
   return block;
 }
 
+// With one patch per row of the grid (grid_w == 1), an NCHW patch row is one contiguous stretch of `elements`
+// elements, so the task may walk it in longer "rows" than the image's: the longest length up to 1024 that divides
+// it (a 56x56 plane: 4 rows of 784 instead of 56 rows of 56, whose short vector loops cost more in overhead than in
+// arithmetic). Falls back to the image's width.
+int64_t contiguous_row_length(int64_t elements, int64_t width) {
+  for (int64_t length = std::min<int64_t>(elements / 16, 1024); length > width; --length)
+    if (elements % length == 0) return length;
+  return width;
+}
+
 // Calls run(task, image, param, count, scratch) for every task of x's layout, in parallel. The task's row
 // offsets are relative to the first element of its image, so each tensor of a call (x, out, grad_out, grad_x)
 // can have its own batch stride: the caller adds image * batch_stride of that tensor.
@@ -175,7 +185,12 @@ int64_t channel_block(const PatchGrid& g) {
 template <typename T, typename Run>
 void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
   if (layout == Layout::kNCHW) {
-    std::vector<int64_t> col_patch(g.width);
+    std::vector<int64_t> row_length(g.grid_h, g.width);
+    if (g.grid_w == 1)
+      for (int64_t i = 0; i < g.grid_h; ++i)
+        row_length[i] = contiguous_row_length((g.rows[i + 1] - g.rows[i]) * g.width, g.width);
+    // Lane k of a row belongs to patch col_patch[k] (all 0 when grid_w == 1, also past the width).
+    std::vector<int64_t> col_patch(*std::max_element(row_length.begin(), row_length.end()), 0);
     for (int64_t j = 0; j < g.grid_w; ++j)
       for (int64_t w = g.cols[j]; w < g.cols[j + 1]; ++w) col_patch[w] = j;
     at::parallel_for(0, g.batch * g.channels * g.grid_h, 1, [&](int64_t begin, int64_t end) {
@@ -184,10 +199,11 @@ void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t i = task % g.grid_h, bc = task / g.grid_h, b = bc / g.channels, c = bc % g.channels;
         for (int64_t j = 0; j < g.grid_w; ++j) param[j] = (bc * g.grid_h + i) * g.grid_w + j, count[j] = g.count(i, j);
-        const int64_t base = c * g.height * g.width + g.rows[i] * g.width, width = g.width;
+        const int64_t base = c * g.height * g.width + g.rows[i] * g.width, width = row_length[i];
         auto row_offset = [base, width](int64_t r) { return base + r * width; };
         auto patch_of = [&col_patch](int64_t k) { return col_patch[k]; };
-        Task<decltype(row_offset), decltype(patch_of)> t{g.rows[i + 1] - g.rows[i], g.width, g.grid_w, row_offset,
+        const int64_t rows = (g.rows[i + 1] - g.rows[i]) * g.width / width;
+        Task<decltype(row_offset), decltype(patch_of)> t{rows, width, g.grid_w, row_offset,
                                                             patch_of};
         run(t, b, param, count, scratch);
       }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import (
+    GRAD_TOLERANCE,
     STYLE_MIX_CASES,
     TOLERANCE,
     assert_close,
@@ -263,3 +264,34 @@ def test_default_backend_is_fused_on_cpu():
     from styleda_fast._backend import select_backend
 
     assert select_backend(torch.device("cpu")) == "cpp"
+
+
+@pytest.mark.parametrize(
+    ("shape", "grid"),
+    [((2, 3, 56, 56), (1, 1)), ((2, 4, 40, 24), (2, 1)), ((1, 2, 97, 33), (1, 1)), ((3, 2, 37, 20), (3, 1))],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_long_contiguous_rows(shape, grid, dtype):
+    """One patch per grid row (grid_w == 1): the C++ kernels walk each NCHW patch row as longer "rows" than the
+    image's (56x56 planes: 16 rows of 196); statistics, transfer and gradients against the float64 reference, with
+    a large mean and a small spread, outputs poisoned."""
+    gen = torch.Generator().manual_seed(31)
+    B, C = shape[:2]
+    x64 = torch.randn(shape, generator=gen, dtype=torch.float64) * 0.5 + 40
+    sm = torch.randn(B, C, *grid, generator=gen, dtype=torch.float64)
+    ss = torch.rand(B, C, *grid, generator=gen, dtype=torch.float64) + 0.5
+    mix = torch.rand(B, C, generator=gen, dtype=torch.float64)
+    g = torch.randn(shape, generator=gen, dtype=torch.float64)
+    x = x64.to(dtype).requires_grad_()
+    with use_backend("cpp"):
+        mean, std = patch_mean_std(x.detach(), grid)
+        y = local_style_mix(x, sm.to(dtype), ss.to(dtype), grid=grid, mix=mix.to(dtype))
+        y.backward(g.to(dtype))
+    ref_x = x.detach().double().requires_grad_()
+    ref_mean, ref_std = reference.patch_mean_std(ref_x.detach(), grid)
+    ref_y = reference.local_style_mix(ref_x, sm, ss, grid, mix[:, :, None, None].expand_as(sm))
+    ref_y.backward(g)
+    assert_close(mean, ref_mean, TOLERANCE[dtype])
+    assert_close(std, ref_std, TOLERANCE[dtype])
+    assert_close(y, ref_y, TOLERANCE[dtype])
+    assert_close(x.grad, ref_x.grad, GRAD_TOLERANCE[dtype])
