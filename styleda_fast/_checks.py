@@ -225,40 +225,21 @@ def kernel_layout(x: Tensor) -> Tensor:
     return x if batch_strided_layout(x) is not None else x.contiguous()
 
 
-def plain_dense_layout(x: Tensor) -> Tensor:
-    """``x`` in its own order with images exactly ``C*H*W`` apart: itself when it already is, else a copy
-    (channels_last for channels-last images such as a token grid, NCHW otherwise). The Triton launchers take
-    only such tensors."""
-    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    layout = batch_strided_layout(x)
-    if layout is not None and layout[0] == "nhwc":
-        return x.contiguous(memory_format=torch.channels_last)
-    return x.contiguous()
-
-
-def kernel_output_geometry(x: Tensor) -> tuple[tuple[int, ...], int, int]:
-    """``(strides, storage_offset, storage_elements)`` of a fresh output of the C++ style-mix kernels for input
-    ``x`` (the fake kernels report these): x's own strides when they address it directly, in a buffer of
+def empty_kernel_output(x: Tensor) -> Tensor:
+    """A fresh ``(B, C, H, W)`` output as the style-mix kernels (C++ and Triton; the fake kernels report the same)
+    allocate it for input ``x``, uninitialised: x's own strides when they address x directly, in a buffer of
     ``B * batch_stride`` elements that the output ends (so a token grid's output has room for the prefix tokens
-    before each image); else those of the NCHW copy they make."""
+    before each image); else NCHW-contiguous, like the copy they make of such an x."""
     B, C, H, W = x.shape
     layout = batch_strided_layout(x)
-    if layout is None:
-        return (C * H * W, H * W, W, 1), 0, B * C * H * W
-    stride_b = layout[1]
-    return tuple(x.stride()), stride_b - C * H * W, B * stride_b
-
-
-def empty_kernel_output(x: Tensor) -> Tensor:
-    """A fresh ``(B, C, H, W)`` output as the style-mix kernels (C++ and Triton) allocate it for input ``x``: the
-    geometry of :func:`kernel_output_geometry`, uninitialised."""
-    strides, offset, elements = kernel_output_geometry(x)
-    buffer = torch.empty((elements,), dtype=x.dtype, device=x.device)
-    if offset == 0 and buffer.numel() == x.numel():
-        return buffer.as_strided(x.shape, strides)
+    if layout is None or layout[1] == C * H * W:
+        strides = x.stride() if layout is not None else (C * H * W, H * W, W, 1)
+        return torch.empty_strided(x.shape, strides, dtype=x.dtype, device=x.device)
+    buffer = torch.empty((B * layout[1],), dtype=x.dtype, device=x.device)
     # set_, not as_strided: the output owns its storage alone (not a view of a temporary), as the C++ kernels' own
-    return torch.empty(0, dtype=x.dtype, device=x.device).set_(buffer.untyped_storage(), offset, x.shape, strides)
+    return torch.empty(0, dtype=x.dtype, device=x.device).set_(
+        buffer.untyped_storage(), layout[1] - C * H * W, x.shape, x.stride()
+    )
 
 
 def per_item(value, name: str, B: int, C: int, device: torch.device, dtype: torch.dtype) -> Tensor:

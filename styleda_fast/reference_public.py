@@ -116,3 +116,38 @@ def pin_mining_loop(visual, content: Tensor, targets: Tensor, steps: int, clamp_
         loss.backward()
         optimizer.step()
     return style_mean.detach().flatten(1), style_std.detach().flatten(1)
+
+
+def pin_on_tokens(visual, split_block: int, tokens: Tensor, targets: Tensor, steps: int, *, clamp_std: bool = False,
+                  relu: bool = False, lr: float = 1.0) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """PODA's PIN loop (:func:`pin_mining_loop`) carried over to ViT tokens, written out in plain PyTorch as a user
+    would (no public code exists for ViTs): the style is the per-channel mean/std of the patch tokens (class token
+    excluded); the synthesized patch tokens ``act(std_s * xn + mean_s)`` (``act``: ReLU with ``relu``, else the
+    identity) follow the unchanged class token through blocks ``split_block..`` of the open_clip
+    ``VisionTransformer`` ``visual``, its pooling and ``proj``; SGD (momentum 0.9, weight decay 1e-4) on
+    ``mean(1 - cos)`` with the embedding divided by its detached norm. ``tokens (N, 1 + h*w, C)``; returns
+    ``(mean, std)``, each ``(N, C)``."""
+    cls, patches = tokens[:, :1], tokens[:, 1:]
+    mean0 = patches.mean(dim=1)
+    std0 = (patches.var(dim=1, unbiased=True) + 1e-5).sqrt()
+    normalized = (patches - mean0[:, None]) / std0[:, None]
+    style_mean = torch.nn.Parameter(mean0.clone())
+    style_std = torch.nn.Parameter(std0.clone())
+    optimizer = torch.optim.SGD([style_mean, style_std], lr=lr, momentum=0.9, weight_decay=1e-4)
+    for _ in range(steps):
+        if clamp_std:
+            style_std.data.clamp_(min=0)
+        features = normalized * style_std[:, None] + style_mean[:, None]
+        if relu:
+            features = torch.relu(features)
+        x = torch.cat([cls, features], dim=1)
+        for block in visual.transformer.resblocks[split_block:]:
+            x = block(x)
+        pooled, _ = visual._pool(x)
+        z = pooled @ visual.proj
+        z = z / z.norm(dim=-1, keepdim=True).detach()
+        loss = (1 - torch.cosine_similarity(targets, z, dim=1)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return style_mean.detach(), style_std.detach()

@@ -25,6 +25,7 @@ from styleda_fast.mining import (  # noqa: E402
     mine_styles,
     select_patches,
 )
+from styleda_fast.reference_public import pin_on_tokens  # noqa: E402
 
 CONFIGS = {  # small VisionTransformers covering open_clip's pooling variants
     "tok": {},
@@ -130,37 +131,6 @@ def test_tail_refuses_a_grid_without_the_class_token():
 
 
 # ---------------------------------------------------------------- the PIN loop on tokens, in plain PyTorch
-
-
-def pin_on_tokens(visual, split_block, tokens, targets, steps, *, clamp_std, relu, lr=1.0):
-    """PODA's PIN on ViT tokens, written out: the style is the per-channel mean/std of the patch tokens (class
-    token excluded); the synthesized patch tokens ``act(std_s * xn + mean_s)`` follow the unchanged class token
-    through blocks ``split_block..``, open_clip's pooling and ``proj``; SGD (momentum 0.9, weight decay 1e-4) on
-    ``mean(1 - cos)`` with the embedding divided by its detached norm. Returns ``(mean, std)``, each ``(N, C)``."""
-    cls, patches = tokens[:, :1], tokens[:, 1:]
-    mean0 = patches.mean(dim=1)
-    std0 = (patches.var(dim=1, unbiased=True) + 1e-5).sqrt()
-    normalized = (patches - mean0[:, None]) / std0[:, None]
-    style_mean = torch.nn.Parameter(mean0.clone())
-    style_std = torch.nn.Parameter(std0.clone())
-    optimizer = torch.optim.SGD([style_mean, style_std], lr=lr, momentum=0.9, weight_decay=1e-4)
-    for _ in range(steps):
-        if clamp_std:
-            style_std.data.clamp_(min=0)
-        features = normalized * style_std[:, None] + style_mean[:, None]
-        if relu:
-            features = torch.relu(features)
-        x = torch.cat([cls, features], dim=1)
-        for block in visual.transformer.resblocks[split_block:]:
-            x = block(x)
-        pooled, _ = visual._pool(x)
-        z = pooled @ visual.proj
-        z = z / z.norm(dim=-1, keepdim=True).clone().detach()
-        loss = (1 - torch.cosine_similarity(targets, z, dim=1)).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return style_mean.detach(), style_std.detach()
 
 
 def _frozen(visual):

@@ -43,10 +43,11 @@ def poisoned(monkeypatch):
         return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
 
     def call(fn, *args):
-        empty, empty_like = torch.empty, torch.empty_like
+        empty, empty_like, empty_strided = torch.empty, torch.empty_like, torch.empty_strided
         with monkeypatch.context() as patch:
             patch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
             patch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
+            patch.setattr(torch, "empty_strided", lambda *a, **k: poison(empty_strided(*a, **k)))
             return fn(*args)
 
     return call

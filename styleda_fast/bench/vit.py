@@ -18,7 +18,8 @@ Providers of the style-mix cases:
   map; :func:`style_mix_tokens`), ``compile``: ``torch.compile`` of the same function.
 
 The mining case gives styles per second of ``mine_styles`` on ViT-B/16 tokens (random weights; a few items and
-steps, the tail after ``split_block`` blocks) against the plain PIN loop on tokens (:func:`pin_on_tokens`).
+steps, the tail after ``split_block`` blocks) against the plain PIN loop on tokens
+(:func:`styleda_fast.reference_public.pin_on_tokens`).
 Before timing, :func:`check_baselines` asserts that the style-mix providers compute the same numbers (float64);
 ``tests/test_mining_vit.py`` checks that ``mine_styles`` on tokens equals the plain loop.
 """
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from styleda_fast import grid_as_tokens, local_style_mix, tokens_as_grid
 from styleda_fast.bench.harness import Case, forward_backward
+from styleda_fast.reference_public import pin_on_tokens
 
 
 def style_mix_tokens(tokens, style_mean, style_std, mix, eps: float = 1e-5, prefix: int = 1):
@@ -43,31 +45,6 @@ def style_mix_tokens(tokens, style_mean, style_std, mix, eps: float = 1e-5, pref
     target_mean = s * mean + (1 - s) * style_mean[:, None, :]
     target_std = s * std + (1 - s) * style_std[:, None, :]
     return (patches - mean) * (target_std / std) + target_mean
-
-
-def pin_on_tokens(visual, split_block: int, tokens, targets, steps: int, lr: float = 1.0):
-    """The PIN loop on ViT tokens in plain PyTorch (the loop a user writes; no clamp, identity activation): the
-    style of the patch tokens (class token excluded) is optimized so that the embedding of ``[class token,
-    std * xn + mean]`` through blocks ``split_block..``, open_clip's pooling and ``proj`` moves toward the target."""
-    cls, patches = tokens[:, :1], tokens[:, 1:]
-    mean0 = patches.mean(dim=1)
-    std0 = (patches.var(dim=1) + 1e-5).sqrt()
-    normalized = (patches - mean0[:, None]) / std0[:, None]
-    style_mean = torch.nn.Parameter(mean0.clone())
-    style_std = torch.nn.Parameter(std0.clone())
-    optimizer = torch.optim.SGD([style_mean, style_std], lr=lr, momentum=0.9, weight_decay=1e-4)
-    for _ in range(steps):
-        x = torch.cat([cls, normalized * style_std[:, None] + style_mean[:, None]], dim=1)
-        for block in visual.transformer.resblocks[split_block:]:
-            x = block(x)
-        pooled, _ = visual._pool(x)
-        z = pooled @ visual.proj
-        z = z / z.norm(dim=-1, keepdim=True).detach()
-        loss = (1 - torch.cosine_similarity(targets, z, dim=1)).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return style_mean.detach(), style_std.detach()
 
 
 def _inputs(batch, side, channels, device, dtype=torch.float32, seed=0):

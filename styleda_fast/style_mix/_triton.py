@@ -12,7 +12,7 @@ Design:
   NCHW tiles run along the contiguous columns, channels_last tiles along the contiguous channels (a block of
   channels fills a 128-byte line per pixel). Each tensor has its own batch stride, so a ViT's patch tokens seen as a
   grid (``styleda_fast.tokens_as_grid``: channels-last images ``(prefix + h*w) * C`` apart) are read and written in
-  place, as by the C++ kernels; fresh outputs have x's strides (``kernel_output_geometry``).
+  place, as by the C++ kernels; fresh outputs have x's strides (``empty_kernel_output``).
 * When the whole patch fits one tile (``SINGLE_TILE``), the program reads it once, keeps it in registers for the
   statistics and writes the output: one read and one write of x. Otherwise it loops over tiles: one pass for the
   statistics, one for the output (or the gradient). The second pass runs from the last tile backwards, so the most
@@ -709,6 +709,22 @@ def local_style_mix_into(
     launch(plan_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps))
 
 
+def _transfer_backward(
+    grad_out, x, mean, std, target_mean, target_std, mix, sums, relu, compute_grad_x, own_grads=None
+) -> torch.Tensor | None:
+    """Launches the local_style_mix backward kernel (x and grad_out brought to the kernels' layouts); ``sums``: the
+    per-patch sums it writes, or reads with ``own_grads`` (local_style_mix_grad_x). Returns grad_x or None."""
+    x = kernel_layout(x)
+    grad_out = _like_layout(grad_out, x)
+    grad_x = empty_kernel_output(x) if compute_grad_x else None
+    launch(
+        plan_backward(
+            grad_out, x, grad_x, mean, std, target_mean, target_std, mix, *sums, relu, own_grads=own_grads
+        )  # fmt: skip
+    )
+    return grad_x
+
+
 def local_style_mix_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
@@ -726,16 +742,9 @@ def local_style_mix_backward(
     where g is grad_out masked by the ReLU. grad_x ``(B, C, H, W)`` has x's strides, or is ``x.new_empty(0)`` when
     compute_grad_x is False.
     """
-    x = kernel_layout(x)
-    grad_out = _like_layout(grad_out, x)
-    grad_x = empty_kernel_output(x) if compute_grad_x else None
-    grad_mixed_mean, grad_mixed_std = torch.empty_like(mean), torch.empty_like(mean)
-    launch(
-        plan_backward(
-            grad_out, x, grad_x, mean, std, target_mean, target_std, mix, grad_mixed_mean, grad_mixed_std, relu
-        )
-    )
-    return (grad_x if compute_grad_x else x.new_empty(0)), grad_mixed_mean, grad_mixed_std
+    sums = torch.empty_like(mean), torch.empty_like(mean)
+    grad_x = _transfer_backward(grad_out, x, mean, std, target_mean, target_std, mix, sums, relu, compute_grad_x)
+    return (grad_x if compute_grad_x else x.new_empty(0)), *sums
 
 
 def local_style_mix_grad_x(
@@ -755,23 +764,7 @@ def local_style_mix_grad_x(
     """grad_x of local_style_mix with given per-patch sums and whole gradients of the patch statistics (see the
     operator's schema comment): ``a*g + (grad_mean - a*sum_grad)/n + (grad_std - a*sum_grad_xn)/((n-1)*std) *
     (x - mean)``, x's strides."""
-    x = kernel_layout(x)
-    grad_out = _like_layout(grad_out, x)
-    grad_x = empty_kernel_output(x)
-    launch(
-        plan_backward(
-            grad_out,
-            x,
-            grad_x,
-            mean,
-            std,
-            target_mean,
-            target_std,
-            mix,
-            sum_grad,
-            sum_grad_xn,
-            relu,
-            own_grads=(grad_mean, grad_std),
-        )  # fmt: skip
-    )
-    return grad_x
+    return _transfer_backward(
+        grad_out, x, mean, std, target_mean, target_std, mix, (sum_grad, sum_grad_xn), relu, True,
+        own_grads=(grad_mean, grad_std),
+    )  # fmt: skip
