@@ -20,7 +20,8 @@ setup(
     ext_modules=[
         CppExtension(
             "styleda_fast._C",
-            sorted(glob.glob("csrc/*.cpp")),
+            sorted(glob.glob("styleda_fast/core/csrc/*.cpp") + glob.glob("styleda_fast/ops/*/*_cpu.cpp")),
+            include_dirs=[os.path.abspath("styleda_fast/core/csrc")],
             extra_compile_args={"cxx": compile_args},
         )
     ],

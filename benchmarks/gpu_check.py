@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from styleda_fast.testing import STYLE_MIX_CASES, TOLERANCE, relative_error  # noqa: E402
+from styleda_fast.devtools.testing import STYLE_MIX_CASES, TOLERANCE, relative_error  # noqa: E402
 
 TOL = TOLERANCE
 rel_error = relative_error
@@ -25,7 +25,7 @@ rel_error = relative_error
 def checks(device: torch.device, small: bool):
     import styleda_fast
     from styleda_fast import local_style_mix, patch_mean_std, use_backend
-    from styleda_fast.style_mix import reference
+    from styleda_fast.ops.style_mix import reference
 
     shapes = list(STYLE_MIX_CASES)
     if not small:
@@ -80,7 +80,7 @@ def token_grid_checks(device, small: bool):
     """ViT tokens (B, 1 + h*w, C) read and written in place through tokens_as_grid (each tensor its own batch
     stride in the kernels): forward, out= into the patch tokens (the class token untouched), the gradient."""
     from styleda_fast import local_style_mix, tokens_as_grid, use_backend
-    from styleda_fast.style_mix import reference
+    from styleda_fast.ops.style_mix import reference
 
     gen = torch.Generator().manual_seed(1)
     shapes = [(2, 7, 5, 40, (2, 3))] + ([] if small else [(8, 48, 48, 768, (1, 1)), (3, 14, 14, 768, (3, 3))])

@@ -2,7 +2,7 @@
 # Usage: benchmarks/gpu_check.sh OUT_DIR
 # On a machine with a CUDA GPU and torch + triton already installed (no internet needed): builds the package in
 # place, checks the Triton kernels against the float64 reference (gpu_check.py), runs the GPU tests when pytest is
-# there, prints the compile report of every kernel (registers, spills, occupancy, vector width: styleda_fast.gpu_report)
+# there, prints the compile report of every kernel (registers, spills, occupancy, vector width: styleda_fast.devtools.gpu_report)
 # and runs the benchmark on CUDA, then checks achieved GB/s against a device copy and the targets of
 # benchmarks/gpu_targets.md. Logs and JSON go to OUT_DIR. Budget: under 8 minutes.
 set -uo pipefail
@@ -20,7 +20,7 @@ timeout 150 python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { ech
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 step "compile report (sm_90)"
-timeout 60 python -m styleda_fast.gpu_report --gpu sm_90 --json "$OUT/gpu_report.json" > "$OUT/gpu_report.log" 2>&1 || status=1
+timeout 60 python -m styleda_fast.devtools.gpu_report --gpu sm_90 --json "$OUT/gpu_report.json" > "$OUT/gpu_report.log" 2>&1 || status=1
 tail -2 "$OUT/gpu_report.log"; grep "^!" "$OUT/gpu_report.log" | head -10
 
 step "kernel checks: style mix"
@@ -33,7 +33,7 @@ tail -3 "$OUT/check_class_stats.log"; grep FAIL "$OUT/check_class_stats.log" | h
 
 if python -c "import pytest, hypothesis" 2>/dev/null; then
   step "pytest (GPU)"
-  timeout 90 python -m pytest tests -q -x -p no:cacheprovider -k "triton" --ignore=tests/test_triton_compile.py \
+  timeout 90 python -m pytest tests -q -x -p no:cacheprovider -k "triton" --ignore=tests/devtools/test_triton_compile.py \
     > "$OUT/pytest.log" 2>&1 || status=1
   tail -3 "$OUT/pytest.log"
 fi
@@ -47,6 +47,6 @@ timeout 150 python -m styleda_fast.cli bench --device cuda --family nn --family 
 cat "$OUT/bench.log"
 
 step "bandwidth targets (benchmarks/gpu_targets.md)"
-python -m styleda_fast.gpu_report --check-bench "$OUT/style_mix/bench.json" | tee "$OUT/targets.md" || status=1
+python -m styleda_fast.devtools.gpu_report --check-bench "$OUT/style_mix/bench.json" | tee "$OUT/targets.md" || status=1
 step "done (status $status)"
 exit $status

@@ -19,14 +19,14 @@ import torch
 
 
 def labels_like(shape, K, block, seed):
-    from styleda_fast.testing import random_labels
+    from styleda_fast.devtools.testing import random_labels
 
     return random_labels(shape, K, block=block, seed=seed, ignore_frac=0.2)
 
 
 def checks(device: torch.device, small: bool):
     import styleda_fast
-    from styleda_fast.class_stats import reference as ref
+    from styleda_fast.ops.class_stats import reference as ref
 
     label_cases = [((2, 17, 23), (3, 3), 4, 1), ((1, 5, 7), (5, 7), 3, 1), ((2, 64, 48), (3, 2), 19, 4)]
     stat_cases = [((2, 5, 17, 23), 7, 1), ((1, 3, 1, 1), 4, 1), ((2, 8, 40, 33), 19, 4)]
@@ -82,7 +82,7 @@ def checks(device: torch.device, small: bool):
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                from styleda_fast.class_stats import _triton as tk
+                from styleda_fast.ops.class_stats import _triton as tk
 
                 tk.class_mean_std(x, lab, 19, 1e-5)
                 tk.patch_dominant_class(lab, 3, 3, 19, 255, True)
@@ -103,7 +103,7 @@ def checks(device: torch.device, small: bool):
 
 def timings(device: torch.device):
     import styleda_fast
-    from styleda_fast.class_stats import reference as ref
+    from styleda_fast.ops.class_stats import reference as ref
 
     def t(fn, reps=20):
         fn()

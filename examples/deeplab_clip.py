@@ -33,10 +33,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from styleda_fast import CITYSCAPES_CLASSES, StyleBank, local_style_mix, patch_dominant_class
+from styleda_fast.compat.public_code import famix_step_public, poda_transfer
 from styleda_fast.memory import SavedBytes, format_bytes, state_bytes
 from styleda_fast.nn import StyleBankAugment, insert
 from styleda_fast.nn.functional import beta_weights
-from styleda_fast.reference_public import famix_step_public, poda_transfer
 
 NUM_CLASSES = 19
 IGNORE = 255
@@ -48,7 +48,7 @@ IGNORE = 255
 def load_visual(weights: str = "none", name: str = "RN50", seed: int = 0) -> nn.Module:
     """The image tower of open_clip ``name``: ``weights`` ``"none"`` (random, seeded: no download), ``"openai"``
     (downloaded once to open_clip's cache) or the path of a state dict (of the whole CLIP model)."""
-    from styleda_fast.mine_command import load_clip
+    from styleda_fast.mining.command import load_clip
 
     model, _ = load_clip(name, weights, seed)
     return model.visual

@@ -6,13 +6,16 @@ CPU tensors run fused C++ kernels, CUDA tensors fused Triton kernels; ``backends
 ``use_backend(name)`` forces one.
 """
 
-from styleda_fast._backend import BackendStatus, backends, use_backend
-from styleda_fast.class_stats import class_mean_std, labels_to_size, patch_dominant_class
-from styleda_fast.prompts import CITYSCAPES_CLASSES, FAMIX_STYLES, IMAGENET_TEMPLATES, famix_descriptions
-from styleda_fast.style_bank import StyleBank
-from styleda_fast.style_mix import local_style_mix, patch_bounds, patch_mean_std
-from styleda_fast.text import clip_cosine_loss, encode_prompts, noisy_style_features, noisy_text_projection
-from styleda_fast.tokens import grid_as_tokens, grid_prefix, tokens_as_grid
+from styleda_fast.bank import StyleBank
+from styleda_fast.compat import legacy_paths
+from styleda_fast.core.backend import BackendStatus, backends, use_backend
+from styleda_fast.nn.tokens import grid_as_tokens, grid_prefix, tokens_as_grid
+from styleda_fast.ops.class_stats import class_mean_std, labels_to_size, patch_dominant_class
+from styleda_fast.ops.style_mix import local_style_mix, patch_bounds, patch_mean_std
+from styleda_fast.ops.text import clip_cosine_loss, encode_prompts, noisy_style_features, noisy_text_projection
+from styleda_fast.ops.text.prompts import CITYSCAPES_CLASSES, FAMIX_STYLES, IMAGENET_TEMPLATES, famix_descriptions
+
+legacy_paths.install()
 
 __version__ = "0.1.0"
 

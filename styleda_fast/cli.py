@@ -9,7 +9,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["gpu-report"]:  # its own options (see `styleda-fast gpu-report --help`)
-        from styleda_fast.gpu_report import main as gpu_report
+        from styleda_fast.devtools.gpu_report import main as gpu_report
 
         return gpu_report(argv[1:])
     parser = argparse.ArgumentParser(
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         add_help=False,
         help="compile the Triton kernels for sm_80/sm_90 (no GPU needed): registers, spills, occupancy, vector width",
     )
-    from styleda_fast.mine_command import add_arguments
+    from styleda_fast.mining.command import add_arguments
 
     add_arguments(sub.add_parser("mine", help="mine styles from a folder of images into a StyleBank"))
     args = parser.parse_args(argv)
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run(args.device, args.out, args.quick, not args.no_compile, args.family, full=args.full)
     elif args.command == "mine":
-        from styleda_fast.mine_command import MineError, run
+        from styleda_fast.mining.command import MineError, run
 
         try:
             return run(args)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"styleda-fast mine: error: {exc}", file=sys.stderr)
             return 2
     elif args.command == "backends":
-        from styleda_fast import backends
+        from styleda_fast.core.backend import backends
 
         for name, status in backends().items():
             print(f"{name:10} {'available' if status.available else 'unavailable':12} {status.detail}")

@@ -1,6 +1,7 @@
-"""The tests' shared utilities come from :mod:`styleda_fast.testing` (the GPU check scripts use the same ones)."""
+"""The tests' shared utilities come from :mod:`styleda_fast.devtools.testing` (the GPU check scripts use them
+too)."""
 
-from styleda_fast.testing import (  # noqa: F401
+from styleda_fast.devtools.testing import (  # noqa: F401
     GRAD_TOLERANCE,
     STYLE_MIX_CASES,
     TOLERANCE,

@@ -21,8 +21,8 @@ from styleda_fast import (
     patch_mean_std,
     use_backend,
 )
-from styleda_fast._backend import select_backend
-from styleda_fast.style_mix import reference
+from styleda_fast.core.backend import select_backend
+from styleda_fast.ops.style_mix import reference
 
 BACKENDS = available_backends()
 KERNEL_BACKENDS = [b for b in BACKENDS if b != "reference"]
@@ -284,7 +284,7 @@ def test_bad_arguments_raise_the_rule_type(call, error, match):
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_direct_operator_calls_with_bad_arguments_get_clear_errors(backend):
     """The registered operators are reachable without the public API; every backend checks their arguments."""
-    from styleda_fast._library import checked_launcher
+    from styleda_fast.core.library import checked_launcher
 
     def call(name, *args):
         if backend == "cpp":

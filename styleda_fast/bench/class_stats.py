@@ -20,11 +20,11 @@ import random
 import torch
 import torch.nn.functional as F
 
+from styleda_fast.bank.style_bank import StyleBank
 from styleda_fast.bench.harness import Case
-from styleda_fast.class_stats import class_mean_std, patch_dominant_class, reference
-from styleda_fast.reference_public import dominant_classes_public
-from styleda_fast.style_bank import StyleBank
-from styleda_fast.testing import random_labels
+from styleda_fast.compat.public_code import dominant_classes_public
+from styleda_fast.devtools.testing import random_labels
+from styleda_fast.ops.class_stats import class_mean_std, patch_dominant_class, reference
 
 
 def coherent_labels(

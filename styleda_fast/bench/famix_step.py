@@ -13,11 +13,11 @@ import random
 
 import torch
 
+from styleda_fast.bank.style_bank import StyleBank
 from styleda_fast.bench.harness import Case
-from styleda_fast.class_stats import patch_dominant_class
 from styleda_fast.compat.famix import CITYSCAPES_NAMES, transfer_fast
-from styleda_fast.reference_public import dominant_classes_public, famix_step_public
-from styleda_fast.style_bank import StyleBank
+from styleda_fast.compat.public_code import dominant_classes_public, famix_step_public
+from styleda_fast.ops.class_stats import patch_dominant_class
 
 
 def cases(device: torch.device, quick: bool, full: bool, compile_baseline: bool) -> list[Case]:

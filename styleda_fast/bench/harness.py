@@ -6,7 +6,7 @@ this module times them. Provider names shared by the families:
 
 * ``copy``: ``y.copy_(x)`` of the input into a preallocated tensor, the memory floor ("x copy" refers to it);
 * ``ours`` (``ours (out=)``: into a preallocated output);
-* ``public``: the algorithm as the public PODA/FAMix code runs it (``styleda_fast.reference_public``);
+* ``public``: the algorithm as the public PODA/FAMix code runs it (``styleda_fast.compat.public_code``);
 * ``eager``: the fastest plain PyTorch a user would write; ``compile``: ``torch.compile`` of that same function;
 * ``reference`` (``--full`` only): the family's general plain-PyTorch specification, slow.
 """

@@ -48,11 +48,12 @@ from pathlib import Path
 import open_clip  # noqa: F401  (the harness skips the family, with a hint, where it is missing)
 import torch
 
-from styleda_fast import CITYSCAPES_CLASSES, FAMIX_STYLES, IMAGENET_TEMPLATES, encode_prompts, famix_descriptions
 from styleda_fast.bench.harness import Case
+from styleda_fast.compat.public_code import dominant_classes_public, pin_mining_loop
 from styleda_fast.memory import LiveBytes, SavedBytes, format_bytes, state_bytes
-from styleda_fast.mining import clip_image_head, clip_image_tail, mine_styles, select_patches
-from styleda_fast.reference_public import dominant_classes_public, pin_mining_loop
+from styleda_fast.mining.engine import clip_image_head, clip_image_tail, mine_styles, select_patches
+from styleda_fast.ops.text import encode_prompts
+from styleda_fast.ops.text.prompts import CITYSCAPES_CLASSES, FAMIX_STYLES, IMAGENET_TEMPLATES, famix_descriptions
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FALLBACK = 255
@@ -81,7 +82,7 @@ def load_examples():
 
 
 def _clip(device):
-    from styleda_fast.mine_command import load_clip
+    from styleda_fast.mining.command import load_clip
 
     model, tokenizer = load_clip("RN50", "none", 0)
     model = model.to(device)

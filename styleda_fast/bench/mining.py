@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from styleda_fast.bench.harness import Case
-from styleda_fast.mining import clip_image_tail, mine_styles
-from styleda_fast.reference_public import pin_mining_loop
+from styleda_fast.compat.public_code import pin_mining_loop
+from styleda_fast.mining.engine import clip_image_tail, mine_styles
 
 
 def cases(device: torch.device, quick: bool, full: bool, compile_baseline: bool) -> list[Case]:

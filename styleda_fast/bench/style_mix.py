@@ -16,8 +16,8 @@ import random
 import torch
 
 from styleda_fast.bench.harness import Case, forward_backward
-from styleda_fast.reference_public import famix_transfer, poda_transfer
-from styleda_fast.style_mix import local_style_mix, reference
+from styleda_fast.compat.public_code import famix_transfer, poda_transfer
+from styleda_fast.ops.style_mix import local_style_mix, reference
 
 
 def style_mix_reshape(x, style_mean, style_std, grid: int, mix, eps: float = 1e-5):

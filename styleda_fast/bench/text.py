@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from styleda_fast.bench.harness import Case, forward_backward
-from styleda_fast.text import clip_cosine_loss, noisy_style_features, noisy_text_projection, reference
+from styleda_fast.ops.text import clip_cosine_loss, noisy_style_features, noisy_text_projection, reference
 
 SIGMA = 0.03
 FEATURE_NOISE = 0.1

@@ -19,9 +19,9 @@ Providers of the style-mix cases:
 
 The mining case gives styles per second of ``mine_styles`` on ViT-B/16 tokens (random weights; a few items and
 steps, the tail after ``split_block`` blocks) against the plain PIN loop on tokens
-(:func:`styleda_fast.reference_public.pin_on_tokens`).
+(:func:`styleda_fast.compat.public_code.pin_on_tokens`).
 Before timing, :func:`check_baselines` asserts that the style-mix providers compute the same numbers (float64);
-``tests/test_mining_vit.py`` checks that ``mine_styles`` on tokens equals the plain loop.
+``tests/mining/test_engine_vit.py`` checks that ``mine_styles`` on tokens equals the plain loop.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from styleda_fast import grid_as_tokens, local_style_mix, tokens_as_grid
 from styleda_fast.bench.harness import Case, forward_backward
-from styleda_fast.reference_public import pin_on_tokens
+from styleda_fast.compat.public_code import pin_on_tokens
+from styleda_fast.nn.tokens import grid_as_tokens, tokens_as_grid
+from styleda_fast.ops.style_mix import local_style_mix
 
 
 def style_mix_tokens(tokens, style_mean, style_std, mix, eps: float = 1e-5, prefix: int = 1):
@@ -154,7 +155,7 @@ def cases(device: torch.device, quick: bool, full: bool, compile_baseline: bool)
 def _mining_case(device: torch.device, quick: bool, full: bool) -> Case:
     import open_clip
 
-    from styleda_fast.mining import clip_image_head, clip_image_tail, mine_styles
+    from styleda_fast.mining.engine import clip_image_head, clip_image_tail, mine_styles
 
     torch.manual_seed(0)
     image_size = 64 if quick else 224  # 4x4 or 14x14 patch tokens

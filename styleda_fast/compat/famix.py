@@ -13,12 +13,12 @@ import random as _random
 import torch
 from torch import Tensor, nn
 
-from styleda_fast._checks import check_features, check_int
-from styleda_fast._safe_load import DEFAULT_MAX_BYTES, short
+from styleda_fast.bank.safe_load import DEFAULT_MAX_BYTES, short
 from styleda_fast.compat.poda import _fused_activation, apply_activation, calc_mean_std
-from styleda_fast.mining import check_equal_patches, crop_patches
-from styleda_fast.prompts import CITYSCAPES_CLASSES
-from styleda_fast.style_mix import local_style_mix
+from styleda_fast.core.checks import check_features, check_int
+from styleda_fast.mining.engine import check_equal_patches, crop_patches
+from styleda_fast.ops.style_mix import local_style_mix
+from styleda_fast.ops.text.prompts import CITYSCAPES_CLASSES
 
 CITYSCAPES_NAMES = CITYSCAPES_CLASSES
 
@@ -185,9 +185,9 @@ def load_saved_params(path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """FAMix's ``saved_params.pkl`` (``{"<class>_mu": [(C, 1, 1), ...], "<class>_std": [...], ...}``), read without
     running code from the file and with bounded memory: ``max_bytes`` (1 GiB by default) bounds the file and the
     tensor data it may declare; malformed tensors raise ``ValueError`` naming the file (see
-    :func:`styleda_fast.style_bank.safe_unpickle`). Values are returned as stored. For the device-resident bank,
+    :func:`styleda_fast.bank.style_bank.safe_unpickle`). Values are returned as stored. For the device-resident bank,
     use ``StyleBank.from_famix_pickle``."""
-    from styleda_fast._safe_load import plain, safe_unpickle
+    from styleda_fast.bank.safe_load import plain, safe_unpickle
 
     where = repr(os.fspath(path))
     params = safe_unpickle(path, max_bytes=max_bytes)

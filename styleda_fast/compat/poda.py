@@ -11,8 +11,8 @@ import os
 import torch
 from torch import Tensor, nn
 
-from styleda_fast._safe_load import DEFAULT_MAX_BYTES
-from styleda_fast.style_mix import local_style_mix, patch_mean_std
+from styleda_fast.bank.safe_load import DEFAULT_MAX_BYTES
+from styleda_fast.ops.style_mix import local_style_mix, patch_mean_std
 
 
 def calc_mean_std(feat: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
@@ -87,10 +87,10 @@ def load_stats(path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """One of PODA's per-image style pickles (``{"mu_f1": (C, 1, 1), "std_f1": (C, 1, 1)}``), read without running
     code from the file (only tensors and plain containers are rebuilt; anything else raises ``UnsafePickleError``)
     and with bounded memory: ``max_bytes`` (1 GiB by default) bounds the file and the tensor data it may declare,
-    and malformed tensors raise ``ValueError`` naming the file (see :func:`styleda_fast.style_bank.safe_unpickle`).
+    and malformed tensors raise ``ValueError`` naming the file (see :func:`styleda_fast.bank.style_bank.safe_unpickle`).
     Pickles of any protocol (0 to 5) are read; values are returned as stored (a negative std is kept, as PODA
     would). For a whole folder on the device, use ``StyleBank.from_poda_dir``."""
-    from styleda_fast._safe_load import safe_unpickle, short
+    from styleda_fast.bank.safe_load import safe_unpickle, short
 
     stats = safe_unpickle(path, max_bytes=max_bytes)
     if not isinstance(stats, dict) or not {"mu_f1", "std_f1"} <= set(stats):

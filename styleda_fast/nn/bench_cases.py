@@ -15,9 +15,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from styleda_fast import StyleBank, local_style_mix
+from styleda_fast.bank import StyleBank
 from styleda_fast.nn import functional as F
 from styleda_fast.nn import reference as R
+from styleda_fast.ops.style_mix import local_style_mix
 
 PROVIDERS = ("ours", "public", "compile")
 

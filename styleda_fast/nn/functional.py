@@ -15,9 +15,10 @@ import math
 import torch
 from torch import Tensor
 
-from styleda_fast import _checks, local_style_mix, patch_mean_std
-from styleda_fast._backend import run_op, select_backend
-from styleda_fast._library import differentiable_grads
+from styleda_fast.core import checks as _checks
+from styleda_fast.core.backend import run_op, select_backend
+from styleda_fast.core.library import differentiable_grads
+from styleda_fast.ops.style_mix import local_style_mix, patch_mean_std
 
 __all__ = [
     "beta_weights",

@@ -22,9 +22,11 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from styleda_fast import StyleBank, local_style_mix, patch_dominant_class
-from styleda_fast._checks import check_grid
+from styleda_fast.bank import StyleBank
+from styleda_fast.core.checks import check_grid
 from styleda_fast.nn import functional as F
+from styleda_fast.ops.class_stats import patch_dominant_class
+from styleda_fast.ops.style_mix import local_style_mix
 
 __all__ = ["DistributionUncertainty", "MixStyle", "PermutedAdaIN", "StyleAugmentation", "StyleBankAugment"]
 

@@ -1,0 +1,66 @@
+// Rules shared by the CPU kernels of every family: the accumulation dtype, the memory layouts the kernels address
+// in place, and argument checks whose errors reach Python as the right exception type (TORCH_CHECK_VALUE ->
+// ValueError, TORCH_CHECK_TYPE -> TypeError).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/util/Optional.h>
+
+namespace styleda_fast {
+
+// Statistics and reductions accumulate in float64 for float64 inputs, else float32 (at::opmath_type gives
+// exactly that for the dtypes the operators take: half, bfloat16, float, double).
+template <typename T>
+using acc_t = at::opmath_type<T>;
+
+inline at::ScalarType acc_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// A CPU tensor of a floating dtype.
+inline void check_cpu_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "styleda_fast: ", name, " must be a CPU tensor for the CPU kernel");
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "styleda_fast: ", name, " must be floating point, got ",
+                   t.scalar_type());
+}
+
+// ---- memory layouts the kernels address directly (style_mix_cpu.cpp, class_stats_cpu.cpp; the Python rule is
+// styleda_fast.core.checks.batch_strided_layout)
+
+enum class Layout { kNCHW, kNHWC };
+
+// Where each image's elements are: its (C, H, W) elements dense in NCHW or NHWC order, images batch_stride
+// elements apart (batch_stride >= C*H*W). Dense NCHW / channels_last tensors have batch_stride = C*H*W; the
+// patch tokens of a ViT seen as a (B, C, h, w) grid (styleda_fast.tokens_as_grid) are NHWC with a batch stride
+// of (prefix + h*w) * C: the prefix tokens (class token, registers) lie between the images and are never touched.
+struct MemoryLayout {
+  Layout inner;
+  int64_t batch_stride;
+};
+
+// Whether t's strides fit (C, H, W) elements dense in the given order; strides of size-1 dims do not matter.
+inline bool inner_dense(const at::Tensor& t, Layout layout) {
+  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
+  auto fits = [&](int64_t dim, int64_t stride) { return t.size(dim) == 1 || t.stride(dim) == stride; };
+  if (layout == Layout::kNCHW) return fits(3, 1) && fits(2, W) && fits(1, H * W);
+  return fits(1, 1) && fits(3, C) && fits(2, W * C);
+}
+
+// t's layout, or nullopt when the kernels cannot address it directly (then they copy it to NCHW). NCHW wins when
+// t is both (C == 1, or H == W == 1): the two address the same elements alike.
+inline c10::optional<MemoryLayout> memory_layout(const at::Tensor& t) {
+  if (t.dim() != 4) return c10::nullopt;
+  const int64_t image = t.size(1) * t.size(2) * t.size(3);
+  // A single image may have any batch stride (it means nothing); several must not overlap or run backwards.
+  const int64_t batch_stride = t.stride(0) >= image ? t.stride(0) : t.size(0) == 1 ? image : -1;
+  if (batch_stride < 0) return c10::nullopt;
+  for (Layout layout : {Layout::kNCHW, Layout::kNHWC})
+    if (inner_dense(t, layout)) return MemoryLayout{layout, batch_stride};
+  return c10::nullopt;
+}
+
+// x itself when the kernels address it directly, else an NCHW-contiguous copy.
+inline at::Tensor kernel_input(const at::Tensor& x) { return memory_layout(x).has_value() ? x : x.contiguous(); }
+
+}  // namespace styleda_fast
