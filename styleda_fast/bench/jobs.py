@@ -1,6 +1,6 @@
-"""Benchmark family ``jobs`` (needs open_clip and a source checkout, whose ``examples/`` it runs): whole PODA/FAMix
-jobs, the public scripts' behaviour (``public``) against styleda_fast's (``ours``), on synthetic data and a
-random-weight open_clip RN50.
+"""Benchmark family ``jobs`` (needs open_clip; runs ``styleda_fast.train``): whole PODA/FAMix jobs, the public
+scripts' behaviour (``public``) against styleda_fast's (``ours``), on synthetic data and a random-weight open_clip
+RN50.
 
 Mining (one public batch of images per call; the throughput column is images/s):
 
@@ -22,11 +22,11 @@ On a CPU (the default) a call mines 1 or 3 steps of one batch with a few prompt 
 how many); :func:`job_table` extrapolates to 100 steps and 80 templates from those cases and the ``prompts``
 case. ``full=True`` (for a GPU) runs the public settings: 16 images at crop 768, 100 steps, 80 templates.
 
-Training step (forward, backward, SGD step of ``examples/{poda,famix}_train_step.py``): the public augmentation
-code (``reference_public``) against ours, then ours with the memory options (``in-place``: the augmentation
-written into the ``layer1`` output; ``ckpt``: ``layer4`` recomputed in the backward pass; ``bf16``: autocast).
-The augmentation's calls are timed inside each step (its share of the step in the job table); a second case per
-recipe times it alone on same-sized features. CPU default: crop 288, batch 2 (``full``: crop 768, batch 8).
+Training step (forward, backward, SGD step of ``styleda_fast.train.{poda,famix}_train_step``): the public
+augmentation code (``reference_public``) against ours, then ours with the memory options (``in-place``: the
+augmentation written into the ``layer1`` output; ``ckpt``: ``layer4`` recomputed in the backward pass; ``bf16``:
+autocast). The augmentation's calls are timed inside each step (its share of the step in the job table); a second
+case per recipe times it alone on same-sized features. CPU default: crop 288, batch 2 (``full``: crop 768, batch 8).
 
 Memory (not timed): :func:`memory_table` counts, per option combination, the bytes autograd saves for backward
 (``styleda_fast.memory.SavedBytes``), the peak of the tensors alive during forward + backward (``LiveBytes``,
@@ -38,10 +38,8 @@ cases in turns (a recipe's cases together) and prints the job and memory tables.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -54,8 +52,8 @@ from styleda_fast.memory import LiveBytes, SavedBytes, format_bytes, state_bytes
 from styleda_fast.mining.engine import clip_image_head, clip_image_tail, mine_styles, select_patches
 from styleda_fast.ops.text import encode_prompts
 from styleda_fast.ops.text.prompts import CITYSCAPES_CLASSES, FAMIX_STYLES, IMAGENET_TEMPLATES, famix_descriptions
+from styleda_fast.train import deeplab_clip, famix_train_step, poda_train_step
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FALLBACK = 255
 STEPS_FULL, TEMPLATES_FULL = 100, len(IMAGENET_TEMPLATES)
 
@@ -64,21 +62,8 @@ STEPS_FULL, TEMPLATES_FULL = 100, len(IMAGENET_TEMPLATES)
 
 
 def load_examples():
-    """``(deeplab_clip, poda_train_step, famix_train_step)`` from the checkout's ``examples/``."""
-    if not (EXAMPLES / "deeplab_clip.py").is_file():
-        raise ImportError("the jobs family runs examples/ of a source checkout", name="examples")
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    modules = []
-    for name in ("deeplab_clip", "poda_train_step", "famix_train_step"):
-        key = name if name == "deeplab_clip" else f"styleda_fast_examples_{name}"
-        if key not in sys.modules:
-            spec = importlib.util.spec_from_file_location(key, EXAMPLES / f"{name}.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[key] = module
-            spec.loader.exec_module(module)
-        modules.append(sys.modules[key])
-    return tuple(modules)
+    """``(deeplab_clip, poda_train_step, famix_train_step)`` of ``styleda_fast.train``."""
+    return deeplab_clip, poda_train_step, famix_train_step
 
 
 def _clip(device):

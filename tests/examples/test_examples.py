@@ -1,12 +1,13 @@
-"""The whole-job examples (examples/poda_train_step.py, examples/famix_train_step.py) on tiny sizes, with a real
-random-weight open_clip RN50: the memory options that must not change the numbers give the same loss, gradients
-and BatchNorm statistics as the plain step (bit for bit, float32); bfloat16 autocast stays within a tolerance;
-the memory counters count what they claim."""
+"""The whole-job training steps (``styleda_fast.train.poda_train_step`` / ``famix_train_step``, whose command lines
+are ``examples/``) on tiny sizes, with a real random-weight open_clip RN50: the memory options that must not change
+the numbers give the same loss, gradients and BatchNorm statistics as the plain step (bit for bit, float32);
+bfloat16 autocast stays within a tolerance; the memory counters count what they claim."""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,24 +22,18 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CROP, BATCH = 48, 2  # crop/4 = 12: 3x3 patches of 4x4; output stride 16: a 3x3 layer4 map
 
 
-def _load(name: str):
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def famix():
-    return _load("famix_train_step")
+    from styleda_fast.train import famix_train_step
+
+    return famix_train_step
 
 
 @pytest.fixture(scope="module")
 def poda():
-    return _load("poda_train_step")
+    from styleda_fast.train import poda_train_step
+
+    return poda_train_step
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +211,20 @@ def test_job_table_extrapolates_to_100_steps_and_80_templates():
         f"{public / cached:.2f}x | {public / fast:.2f}x |"
     ) in table
     assert "| famix | public | 4.00 | 10% | 200.0 | 5.0% | 400.0 |" in table
+
+
+@pytest.mark.parametrize("name", ["poda_train_step", "famix_train_step"])
+def test_example_is_the_package_command_line(name):
+    """``examples/<name>.py`` runs the package's ``main`` (its options and help come from there)."""
+    from styleda_fast.bench.jobs import load_examples
+    from styleda_fast.train import famix_train_step, poda_train_step
+
+    assert load_examples()[1:] == (poda_train_step, famix_train_step)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    run = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--help"], capture_output=True, text=True,
+                         env=env, cwd=root, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    module = {"poda_train_step": poda_train_step, "famix_train_step": famix_train_step}[name]
+    assert module.__doc__.split("\n")[0] in run.stdout
+    assert "--in-place" in run.stdout

@@ -1,7 +1,7 @@
-"""The segmentation model of the PODA/FAMix training examples: DeepLabv3+ on an open_clip ModifiedResNet (RN50).
+"""The segmentation model of the PODA/FAMix training jobs: DeepLabv3+ on an open_clip ModifiedResNet (RN50).
 
-Shared by ``poda_train_step.py`` and ``famix_train_step.py`` (and the ``jobs`` benchmark family). The network is
-the one both public training scripts build, written here from its description:
+Used by :mod:`.poda_train_step`, :mod:`.famix_train_step`, :mod:`.study` (Cityscapes -> ACDC) and the ``jobs``
+benchmark family. The network is the one both public training scripts build, written here from its description:
 
 * backbone: the CLIP image encoder without its attention pool, at output stride 16: ``layer4`` keeps the
   resolution of ``layer3`` (its strided average pools become identities) and the 3x3 convolution of its last block
@@ -16,16 +16,12 @@ host is in training mode, so :func:`freeze` leaves a frozen module in training m
 instead (eval mode: running statistics, as the public ``eval()`` of the frozen part).
 
 Also here: the public augmentation code as an inserted layer (``reference_public``: Python loops, full-size maps
-built on the CPU), for comparisons, and the synthetic batch the examples train on.
+built on the CPU), for comparisons, and the synthetic batch the step jobs train on.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import random
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +30,6 @@ from torch.utils.checkpoint import checkpoint
 
 from styleda_fast import CITYSCAPES_CLASSES, StyleBank, local_style_mix, patch_dominant_class
 from styleda_fast.compat.public_code import famix_step_public, poda_transfer
-from styleda_fast.memory import SavedBytes, format_bytes, state_bytes
-from styleda_fast.nn import StyleBankAugment, insert
 from styleda_fast.nn.functional import beta_weights
 
 NUM_CLASSES = 19
@@ -309,91 +303,3 @@ class PublicFamixTransfer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         s = torch.distributions.Beta(0.1, 0.1).sample((x.shape[0], x.shape[1], 1, 1)).to(x.device, x.dtype)
         return famix_step_public(x, self.labels, self.saved_params, s, self.class_names, self.rng)
-
-
-# ---------------------------------------------------------------------------------------------- one training step
-# What the two example scripts share: their common options, the job, the augmentation choice and the step loop.
-
-
-def add_step_arguments(p: argparse.ArgumentParser, *, recipe: str, lr: float, lr_help: str, total_iters: int):
-    """The options both examples take (the crop and the recipe's own options are added by the script)."""
-    p.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--clip-weights", default="none", help="none (random, offline), openai, or a state dict PATH")
-    p.add_argument("--bank", help=f"StyleBank file of {recipe.upper()} styles (default: a random bank)")
-    p.add_argument("--aug", choices=["ours", "public", "none"], default="ours", help="augmentation (default ours)")
-    p.add_argument("--in-place", action="store_true", help="augment the layer1 output in place")
-    p.add_argument("--lr", type=float, default=lr, help=lr_help)
-    p.add_argument("--total-iters", type=int, default=total_iters, help=f"poly schedule length (default {total_iters})")
-    p.add_argument("--steps", type=int, default=1, help="training steps to run (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="model dtype (tests)")
-
-
-def check_step_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.in_place and args.aug != "ours":
-        p.error("--in-place is an option of --aug ours")
-
-
-@dataclasses.dataclass
-class Job:
-    """Everything one training step uses."""
-
-    model: SegmentationModel
-    aug: nn.Module | None
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    criterion: nn.Module
-    images: Tensor
-    labels: Tensor
-    bf16: bool = False
-
-
-def attach_augmentation(model: SegmentationModel, bank: StyleBank, recipe: str, args) -> nn.Module | None:
-    """The augmentation ``--aug`` / ``--in-place`` ask for (``recipe``: ``"poda"`` or ``"famix"``), inserted after
-    ``backbone.layer1``; ``None`` for ``--aug none``."""
-    if args.aug == "ours" and args.in_place:
-        aug = InPlaceBankAugment(bank, recipe, seed=args.seed)
-    elif args.aug == "ours":
-        aug = getattr(StyleBankAugment, recipe)(bank, generator=args.seed)
-    elif args.aug == "public":
-        aug = {"poda": PublicPodaTransfer, "famix": PublicFamixTransfer}[recipe](bank, seed=args.seed)
-    else:
-        return None
-    insert(model, "backbone.layer1", aug)
-    return aug
-
-
-def forward_backward(job: Job, forward_loss: Callable[[Job], Tensor]) -> Tensor:
-    """Gradients of one step (no update); returns the loss."""
-    job.optimizer.zero_grad(set_to_none=True)
-    loss = forward_loss(job)
-    loss.backward()
-    job.model.backbone.after_backward()
-    return loss.detach()
-
-
-def step(job: Job, forward_loss: Callable[[Job], Tensor]) -> Tensor:
-    """One training step: forward, backward, SGD update, schedule; returns the loss."""
-    loss = forward_backward(job, forward_loss)
-    job.optimizer.step()
-    job.scheduler.step()
-    return loss
-
-
-def run_steps(args: argparse.Namespace, job: Job, forward_loss: Callable) -> dict:
-    """``--steps`` training steps with their times, then what autograd keeps for backward in one more forward."""
-    for k in range(args.steps):
-        start = time.perf_counter()
-        loss = step(job, forward_loss)
-        if job.images.device.type == "cuda":
-            torch.cuda.synchronize()
-        print(f"step {k + 1}: loss {loss.item():.4f} ({time.perf_counter() - start:.2f} s)")
-    saved = SavedBytes(exclude=job.model.parameters())
-    loss = forward_loss(job, saved)  # one more forward, to count what autograd keeps (no backward)
-    state = state_bytes(job.model, job.optimizer)
-    print(
-        f"held for backward: {format_bytes(saved.bytes)} saved activations + {format_bytes(state['total'])} "
-        f"parameters, buffers, gradients and momentum (crop {args.crop}, batch {args.batch})"
-    )
-    return {"loss": loss.item(), "saved_bytes": saved.bytes, "state_bytes": state["total"]}
