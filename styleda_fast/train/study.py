@@ -119,7 +119,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise StudyError(f"--aug {args.aug} needs --bank FILE")
     if args.in_place and args.aug == "none":
         raise StudyError("--in-place is an option of an augmentation (--aug poda, famix or zero-shot-local)")
-    for name in ("iters", "batch", "checkpoint_every", "log_every"):
+    if args.batch < 2:  # the head's image-pooling branch normalizes one value per channel and image
+        raise StudyError(f"--batch must be >= 2 (BatchNorm of the ASPP image pooling), got {args.batch}")
+    for name in ("iters", "checkpoint_every", "log_every"):
         if getattr(args, name) < 1:
             raise StudyError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("stop_after", "workers"):
@@ -330,21 +332,29 @@ def save_checkpoint(path: Path, trainer: Trainer, iteration: int, options: dict,
         torch.distributed.barrier()
 
 
-def load_checkpoint(path: Path, trainer: Trainer, options: dict, dist: Dist) -> int:
-    """Restore ``path`` (when it exists) into ``trainer``; returns the iteration to continue from."""
+def read_checkpoint(path: Path, options: dict) -> dict | None:
+    """The checkpoint in ``path`` (None when there is none), refused when its training options differ."""
     if not path.is_file():
-        return 0
+        return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = state["options"]
     except Exception as exc:  # a truncated or foreign file
         raise StudyError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    differ = [k for k in TRAINING_OPTIONS if state["options"].get(k) != options.get(k)]
+    differ = [k for k in TRAINING_OPTIONS if saved.get(k) != options.get(k)]
     if differ:
         k = differ[0]
         raise StudyError(
-            f"{path} is a run with other options ({k}: {state['options'].get(k)!r} there, {options.get(k)!r} "
-            "now); rerun with its options or use another --out"
+            f"{path} is a run with other options ({k}: {saved.get(k)!r} there, {options.get(k)!r} now); "
+            "rerun with its options or use another --out"
         )
+    return state
+
+
+def restore(state: dict | None, trainer: Trainer, dist: Dist) -> int:
+    """Put a checkpoint's state into ``trainer``; returns the iteration to continue from (0 without one)."""
+    if state is None:
+        return 0
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
@@ -370,10 +380,12 @@ class _Indices(Sampler):
         return len(self.indices)
 
 
-def train(args, trainer: Trainer, dataset: data.SegmentationFolder, dist: Dist, out: Path, options: dict) -> bool:
-    """Train from the checkpoint in ``out`` (if any) to ``--iters``; returns False when ``--stop-after`` ended it."""
+def train(args, trainer: Trainer, dataset: data.SegmentationFolder, dist: Dist, out: Path, options: dict,
+          resumed: dict | None = None) -> bool:  # fmt: skip
+    """Train from ``resumed`` (a checkpoint's state, or None) to ``--iters``, checkpointing into ``out``; returns
+    False when ``--stop-after`` ended it."""
     ckpt = out / "checkpoint.pt"
-    it = load_checkpoint(ckpt, trainer, options, dist)
+    it = restore(resumed, trainer, dist)
     if it >= args.iters:
         if dist.main:
             print(f"{ckpt}: training finished ({it} iterations)")
@@ -529,6 +541,7 @@ def run(argv=None, visual: nn.Module | None = None) -> dict | None:
     bank = load_bank(args.bank, args.aug) if args.bank else None
     options = {k: v for k, v in vars(args).items()}
     options["bank"] = str(Path(args.bank).resolve()) if args.bank else None
+    resumed = read_checkpoint(Path(args.out) / "checkpoint.pt", options)
 
     dist = setup_distributed(device)
     out = Path(args.out)
@@ -539,7 +552,7 @@ def run(argv=None, visual: nn.Module | None = None) -> dict | None:
     trainer = build_trainer(args, bank, dist, copy.deepcopy(visual) if visual is not None else None)
     dataset = data.SegmentationFolder(train_pairs, crop=args.crop, scale=args.scale, seed=args.seed)
     start = time.perf_counter()
-    if not train(args, trainer, dataset, dist, out, options):
+    if not train(args, trainer, dataset, dist, out, options, resumed):
         return None
     train_seconds = time.perf_counter() - start
     if dist.world > 1:  # every process evaluates rank 0's BatchNorm statistics
@@ -589,7 +602,7 @@ def main(argv=None, visual: nn.Module | None = None) -> int:
     """The command line: 0 when done (or stopped by ``--stop-after``), 2 with one line on bad input."""
     try:
         run(argv, visual)
-    except StudyError as exc:
+    except (StudyError, data.DataError) as exc:  # a DataError here: a file found unreadable while reading it
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {exc}" if not str(exc).startswith("cityscapes_to_acdc:") else str(exc), file=sys.stderr)
         return 2
