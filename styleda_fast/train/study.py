@@ -407,6 +407,7 @@ def train(args, trainer: Trainer, dataset: data.SegmentationFolder, dist: Dist, 
         indices = list(sampler)[offset * args.batch : per_epoch * args.batch]
         loader = DataLoader(
             dataset, batch_size=args.batch, sampler=_Indices(indices), drop_last=True, num_workers=args.workers,
+            pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(args.seed),  # leaves torch's global generator alone
         )  # fmt: skip
         for images, labels in loader:
