@@ -35,7 +35,8 @@ class DataError(ValueError):
 
 
 def _pairs(image_dir: Path, label_dir: Path, image_suffix: str, label_suffix: str) -> list[tuple[Path, Path]]:
-    """``(image, label)`` paths under ``image_dir/SUB/*image_suffix`` with their ``label_dir/SUB/...`` twins."""
+    """``(image, label)`` paths under ``image_dir/SUB/*image_suffix`` with their ``label_dir/SUB/...`` twins, each
+    pair checked to be readable images of one size (headers only)."""
     for d in (image_dir, label_dir):
         if not d.is_dir():
             raise DataError(f"missing folder {d}")
@@ -47,8 +48,21 @@ def _pairs(image_dir: Path, label_dir: Path, image_suffix: str, label_suffix: st
         label = label_dir / image.parent.name / (image.name[: -len(image_suffix)] + label_suffix)
         if not label.is_file():
             raise DataError(f"layout mismatch: {image} has no label file {label}")
+        if _size(image) != _size(label):
+            raise DataError(f"{image} is {_size(image)} pixels (w, h) but its label {label} {_size(label)}")
         pairs.append((image, label))
     return pairs
+
+
+def _size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the file's header (the pixels are not decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
 
 
 def cityscapes_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
@@ -88,9 +102,13 @@ def read_label(path: Path) -> Tensor:
     with Image.open(path) as im:
         if im.mode not in ("L", "P", "I", "I;16"):
             raise DataError(f"{path}: a label map must be a single-channel image, got mode {im.mode}")
-        w, h = im.size
-        data = torch.tensor(list(im.getdata()) if im.mode.startswith("I") else bytearray(im.tobytes()))
-    labels = data.view(h, w).long()
+        if im.mode.startswith("I"):  # 16/32-bit integer maps
+            import numpy as np
+
+            labels = torch.from_numpy(np.asarray(im).astype(np.int64))
+        else:
+            w, h = im.size
+            labels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(h, w).long()
     return labels.masked_fill_((labels < 0) | (labels >= NUM_CLASSES), IGNORE)
 
 

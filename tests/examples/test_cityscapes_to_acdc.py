@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -212,9 +213,16 @@ def test_miou_from_a_hand_computed_confusion_matrix():
 def _bad_cases(folders, tmp: Path):
     broken = make_cityscapes(tmp / "broken", train=2, val=1)
     next((broken / "gtFine" / "train").glob("*/*.png")).unlink()
+    sizes = make_cityscapes(tmp / "sizes", train=2, val=1)
+    label = next((sizes / "gtFine" / "val").glob("*/*.png"))
+    Image.new("L", (W, H + 1)).save(label)
+    garbage = make_cityscapes(tmp / "garbage", train=2, val=1)
+    next((garbage / "leftImg8bit" / "train").glob("*/*.png")).write_bytes(b"not a png")
     return {
         "missing folder": (["--cityscapes", str(tmp / "nowhere")], "missing folder"),
         "layout mismatch": (["--cityscapes", str(broken)], "layout mismatch"),
+        "label of another size": (["--cityscapes", str(sizes)], "pixels (w, h) but its label"),
+        "unreadable image": (["--cityscapes", str(garbage)], "not a readable image"),
         "unknown aug": (["--aug", "mixup", "--bank", str(folders["local"])], "--aug must be one of"),
         "classless bank": (["--aug", "zero-shot-local", "--bank", str(folders["poda"])], "needs a bank with"),
         "no bank": (["--aug", "famix"], "needs --bank"),
@@ -284,3 +292,36 @@ def test_two_processes_torchrun_gloo(folders, visual, tmp_path):
                         ("acdc/night", data.acdc_pairs(folders["acdc"], "night"))):  # fmt: skip
         confusion = study.evaluate(args, model, pairs, study.Dist())
         assert confusion.tolist() == report["results"][name]["confusion"], name
+
+
+def test_training_samples_depend_on_seed_epoch_and_index_only(tmp_path):
+    """A crop is drawn from (seed, epoch, index): the same in any reader; the image normalized with CLIP's
+    statistics, padded with 0 and the label with 255 where the crop is larger; labels outside 0..18 read as 255."""
+    root = make_cityscapes(tmp_path / "cs", train=2, val=1)
+    pairs = data.cityscapes_pairs(root, "train")
+    label_path = pairs[0][1]
+    raw = torch.from_numpy(np.array(Image.open(label_path))).long()
+    raw[5, 7] = 33  # a labelId, not a train id
+    Image.fromarray(raw.to(torch.uint8).numpy()).save(label_path)
+    full = data.SegmentationFolder(pairs)[0]  # evaluation: the whole image
+    expected = raw.masked_fill((raw >= 19), 255)
+    assert torch.equal(full[1], expected) and full[1][5, 7] == 255
+    pixels = torch.from_numpy(np.array(Image.open(pairs[0][0]))).double().permute(2, 0, 1)
+    mean, std = torch.tensor(data.CLIP_MEAN, dtype=torch.float64), torch.tensor(data.CLIP_STD, dtype=torch.float64)
+    reference = (pixels / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+    torch.testing.assert_close(full[0].double(), reference, rtol=1e-6, atol=1e-6)  # float32
+    a, b = data.SegmentationFolder(pairs, crop=48, seed=3), data.SegmentationFolder(pairs, crop=48, seed=3)
+    draws = set()
+    for epoch in range(6):
+        a.epoch = b.epoch = epoch
+        (xa, ya), (xb, yb) = a[0], b[0]
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and xa.shape == (3, 48, 48)
+        draws.add(tuple(ya.flatten().tolist()))
+        # the crop is a window of the full sample, flipped or not
+        windows = [(full[1][:, k : k + 48], ya) for k in range(W - 48 + 1)] + [
+            (full[1][:, k : k + 48].flip(-1), ya) for k in range(W - 48 + 1)
+        ]
+        assert any(torch.equal(w, y) for w, y in windows)
+    assert len(draws) > 1  # the epochs draw other crops
+    big = data.SegmentationFolder(pairs, crop=80, seed=0)[1]
+    assert big[0].shape == (3, 80, 80) and bool((big[1][H:] == 255).all()) and bool((big[0][:, H:] == 0).all())
