@@ -503,7 +503,7 @@ def results_markdown(report: dict) -> str:
     lines += [
         "",
         f"Trained {report['iterations']} iterations on {report['world_size']} process(es), {report['device']}; "
-        f"peak memory {format_bytes(peak['bytes'])} ({peak['kind']}, the largest of the processes).",
+        f"peak training memory {format_bytes(peak['bytes'])} ({peak['kind']}, the largest of the processes).",
         "",
         "Options:",
         "",
@@ -556,6 +556,14 @@ def run(argv=None, visual: nn.Module | None = None) -> dict | None:
     if not train(args, trainer, dataset, dist, out, options, resumed):
         return None
     train_seconds = time.perf_counter() - start
+    peak, kind = peak_memory(device)  # of the training (and, on a CPU, of the model's loading)
+    if dist.world > 1:
+        peaks = [None] * dist.world
+        torch.distributed.all_gather_object(peaks, peak)
+    else:
+        peaks = [peak]
+    if dist.main:
+        print(f"peak memory: {format_bytes(max(peaks))} ({kind}, training)")
     if dist.world > 1:  # every process evaluates rank 0's BatchNorm statistics
         for b in trainer.model.buffers():
             torch.distributed.broadcast(b, 0)
@@ -563,15 +571,8 @@ def run(argv=None, visual: nn.Module | None = None) -> dict | None:
     results = {
         name: split_result(evaluate(args, trainer.model, pairs, dist), len(pairs)) for name, pairs in evals.items()
     }
-    peak, kind = peak_memory(device)
-    if dist.world > 1:
-        peaks = [None] * dist.world
-        torch.distributed.all_gather_object(peaks, peak)
-    else:
-        peaks = [peak]
     if not dist.main:
         return None
-    print(f"peak memory: {format_bytes(max(peaks))} ({kind})")
     conds = [r["miou"] for n, r in results.items() if n.startswith("acdc/")]
     report = {
         "options": options,
