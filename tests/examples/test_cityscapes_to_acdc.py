@@ -268,7 +268,6 @@ def test_bf16_only_where_native(folders, tmp_path, capsys):
     assert "--bf16 needs native bfloat16" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_two_processes_torchrun_gloo(folders, visual, tmp_path):
     """2 processes (torch.distributed.run, gloo): one checkpoint with both processes' generators, one results file,
     and the sharded evaluation summed over processes equals a one-process evaluation of the saved model."""
