@@ -82,31 +82,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="cityscapes_to_acdc", description=__doc__.split("\n")[0])
-    p.add_argument("--cityscapes", required=True, help="Cityscapes-like folder (leftImg8bit/, gtFine/)")
-    p.add_argument("--acdc", help="ACDC-like folder (rgb_anon/, gt/); without it only Cityscapes val is evaluated")
+    p = _Parser(
+        prog="cityscapes_to_acdc",
+        description=__doc__.split("\n")[0],
+        epilog="The augmentations, folder layouts and the whole ablation: docs/experiments.md.",
+    )
+    p.add_argument("--cityscapes", metavar="DIR", required=True, help="Cityscapes-like folder (leftImg8bit/, gtFine/)")
+    p.add_argument("--acdc", metavar="DIR", help="ACDC-like folder (rgb_anon/, gt/); default: Cityscapes val only")
     p.add_argument("--conditions", nargs="+", default=list(data.ACDC_CONDITIONS), choices=data.ACDC_CONDITIONS)
-    p.add_argument("--out", required=True, help="folder of the checkpoint and the results")
-    p.add_argument("--aug", default="none", help=f"augmentation: {', '.join(AUGS)} (default none)")
-    p.add_argument("--bank", help="style bank: StyleBank file, FAMix .pkl, or PODA folder of pickles")
-    p.add_argument("--pretrained", default="openai", help="CLIP RN50 weights: openai (default), none, or a PATH")
-    p.add_argument("--iters", type=int, default=40_000, help="training iterations (default 40000)")
-    p.add_argument("--batch", type=int, default=8, help="images per step and process (default 8)")
-    p.add_argument("--crop", type=int, default=768, help="training crop, a multiple of 16 (default 768)")
-    p.add_argument("--scale", type=float, default=1.0, help="resize training images by this factor first")
-    p.add_argument("--eval-scale", type=float, default=1.0, help="resize evaluation inputs (logits: label size)")
-    p.add_argument("--lr", type=float, default=0.1, help="head lr; the backbone gets lr/10 (default 0.1)")
+    p.add_argument("--out", metavar="DIR", required=True, help="folder of the checkpoint and the results")
+    p.add_argument("--aug", metavar="NAME", default="none", help=f"augmentation: {', '.join(AUGS)} (default none)")
+    p.add_argument("--bank", metavar="FILE", help="style bank: StyleBank file, FAMix .pkl, or PODA folder of pickles")
+    p.add_argument("--pretrained", metavar="WEIGHTS", default="openai", help="CLIP RN50: openai (default), none, PATH")
+    p.add_argument("--iters", metavar="N", type=int, default=40_000, help="training iterations (default 40000)")
+    p.add_argument("--batch", metavar="N", type=int, default=8, help="images per step and process (default 8)")
+    p.add_argument("--crop", metavar="PX", type=int, default=768, help="training crop, a multiple of 16 (default 768)")
+    p.add_argument("--scale", metavar="F", type=float, default=1.0, help="resize training images by this factor first")
+    p.add_argument("--eval-scale", metavar="F", type=float, default=1.0, help="resize evaluation inputs (not labels)")
+    p.add_argument("--lr", metavar="LR", type=float, default=0.1, help="head lr; the backbone gets lr/10 (default 0.1)")
     p.add_argument("--finetune", choices=["layer4", "layer4.2", "none"], default="layer4", help="trained backbone")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--label-smoothing", metavar="EPS", type=float, default=0.1)
     p.add_argument("--checkpoint", action="store_true", help="recompute layer4 in the backward pass")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA, or a CPU with native bf16)")
     p.add_argument("--in-place", action="store_true", help="write the augmentation into the layer1 output")
-    p.add_argument("--checkpoint-every", type=int, default=1000, help="iterations between checkpoints")
-    p.add_argument("--stop-after", type=int, default=0, help="stop after N iterations of this run (resume later)")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--workers", type=int, default=2, help="data loading processes per training process")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", metavar="N", type=int, default=1000, help="iterations between checkpoints")
+    p.add_argument("--stop-after", metavar="N", type=int, default=0, help="stop after N iterations; rerun to resume")
+    p.add_argument("--log-every", metavar="N", type=int, default=50)
+    p.add_argument("--workers", metavar="N", type=int, default=2, help="data loading processes per training process")
+    p.add_argument("--device", metavar="DEVICE", default="auto", help="auto (cuda if available), cpu, cuda")
+    p.add_argument("--seed", metavar="SEED", type=int, default=0)
     return p
 
 
