@@ -18,7 +18,7 @@ from styleda_fast.train import deeplab_clip as dc
 
 
 def add_step_arguments(p: argparse.ArgumentParser, *, recipe: str, lr: float, lr_help: str, total_iters: int):
-    """The options both examples take (the crop and the recipe's own options are added by the script)."""
+    """The options both step jobs take (the crop and the recipe's own options are added by its module)."""
     p.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--clip-weights", default="none", help="none (random, offline), openai, or a state dict PATH")
