@@ -46,7 +46,6 @@ import dataclasses
 import json
 import math
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -481,6 +480,8 @@ def split_result(confusion: torch.Tensor, images: int) -> dict:
 def peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "CUDA max_memory_allocated"
+    import resource  # Unix
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "CPU peak RSS of the process"
 
 
