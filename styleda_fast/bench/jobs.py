@@ -1,6 +1,6 @@
-"""Benchmark family ``jobs`` (needs open_clip; runs ``styleda_fast.train``): whole PODA/FAMix jobs, the public
-scripts' behaviour (``public``) against styleda_fast's (``ours``), on synthetic data and a random-weight open_clip
-RN50.
+"""Benchmark family ``jobs`` (needs open_clip; runs ``styleda_fast.train``): whole PODA/FAMix
+jobs, the public scripts' behaviour (``public``) against styleda_fast's (``ours``), on synthetic data and a
+random-weight open_clip RN50.
 
 Mining (one public batch of images per call; the throughput column is images/s):
 
@@ -22,11 +22,11 @@ On a CPU (the default) a call mines 1 or 3 steps of one batch with a few prompt 
 how many); :func:`job_table` extrapolates to 100 steps and 80 templates from those cases and the ``prompts``
 case. ``full=True`` (for a GPU) runs the public settings: 16 images at crop 768, 100 steps, 80 templates.
 
-Training step (forward, backward, SGD step of ``styleda_fast.train.{poda,famix}_train_step``): the public
-augmentation code (``reference_public``) against ours, then ours with the memory options (``in-place``: the
-augmentation written into the ``layer1`` output; ``ckpt``: ``layer4`` recomputed in the backward pass; ``bf16``:
-autocast). The augmentation's calls are timed inside each step (its share of the step in the job table); a second
-case per recipe times it alone on same-sized features. CPU default: crop 288, batch 2 (``full``: crop 768, batch 8).
+Training step (forward, backward, SGD step of ``examples/{poda,famix}_train_step.py``): the public augmentation
+code (``reference_public``) against ours, then ours with the memory options (``in-place``: the augmentation
+written into the ``layer1`` output; ``ckpt``: ``layer4`` recomputed in the backward pass; ``bf16``: autocast).
+The augmentation's calls are timed inside each step (its share of the step in the job table); a second case per
+recipe times it alone on same-sized features. CPU default: crop 288, batch 2 (``full``: crop 768, batch 8).
 
 Memory (not timed): :func:`memory_table` counts, per option combination, the bytes autograd saves for backward
 (``styleda_fast.memory.SavedBytes``), the peak of the tensors alive during forward + backward (``LiveBytes``,
