@@ -118,6 +118,7 @@ def style_setting(fmt: str, ns_old: str | None, torch) -> dict:
             o.local_style_mix_backward(dy, x, m, s, tm, ts, mix, True, True)
 
         return {
+            "statistics only (passes 1-2)": lambda: o.patch_mean_std(x, g, g, 1e-5),
             "forward out=": lambda: o.local_style_mix_into(x, tm, ts, mix, g, g, True, 1e-5, out),
             "fwd+bwd": forward_backward,
             "grad_x": lambda: o.local_style_mix_grad_x(dy, x, mean, std, tm, ts, mix, sg, sgx, sg, sgx, True),
