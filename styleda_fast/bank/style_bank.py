@@ -343,7 +343,7 @@ class StyleBank:
             index = order[offsets[slots] + pick]
         else:  # entries of empty classes index the whole bank directly
             index = torch.where(use_all, pick, order[torch.where(use_all, pick, offsets[slots] + pick)])
-        return self.mean[index], self.std[index]
+        return self._rows(index)
 
     def sample_grid(self, classes: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Styles for the patches of :func:`patch_dominant_class`: ``classes (B, gh, gw)`` -> ``(mean, std)``, each
@@ -363,7 +363,15 @@ class StyleBank:
         self._check_generator(generator)
         u = torch.rand((n,), generator=generator, device=self.device, dtype=torch.float64)
         index = (u * len(self)).long().clamp_max(len(self) - 1)
-        return self.mean[index], self.std[index]
+        return self._rows(index)
+
+    def _rows(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean, std)`` rows at ``index`` (any shape), each ``index.shape + (C,)``. index_select, not
+        ``mean[index]``: advanced indexing of a few dozen rows may open a parallel region (ATen's index kernel),
+        which waits for every intra-op thread: 0.3 ms becomes 30-100 ms when another process keeps a core busy."""
+        flat = index.reshape(-1)
+        shape = (*index.shape, self.channels)
+        return self.mean.index_select(0, flat).view(shape), self.std.index_select(0, flat).view(shape)
 
     # ------------------------------------------------------------------ the package's own format
 

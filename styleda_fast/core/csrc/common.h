@@ -7,6 +7,9 @@
 #include <ATen/OpMathType.h>
 #include <c10/util/Optional.h>
 
+#include <cstdlib>
+#include <cstring>
+
 namespace styleda_fast {
 
 // Statistics and reductions accumulate in float64 for float64 inputs, else float32 (at::opmath_type gives
@@ -23,6 +26,21 @@ inline void check_cpu_float(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), "styleda_fast: ", name, " must be a CPU tensor for the CPU kernel");
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "styleda_fast: ", name, " must be floating point, got ",
                    t.scalar_type());
+}
+
+// Whether the kernels built for AVX2 (+ FMA where a family uses it) run: where the CPU has AVX2 and FMA, unless
+// STYLEDA_FAST_CPU_ISA=generic forces the portable ones (to test them, or to compare). Read once per process.
+inline bool use_avx2_kernels() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool enabled = [] {
+    const char* env = std::getenv("STYLEDA_FAST_CPU_ISA");
+    if (env != nullptr && std::strcmp(env, "generic") == 0) return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return enabled;
+#else
+  return false;
+#endif
 }
 
 // ---- memory layouts the kernels address directly (style_mix_cpu.cpp, class_stats_cpu.cpp; the Python rule is

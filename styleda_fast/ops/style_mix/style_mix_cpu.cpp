@@ -107,6 +107,10 @@ struct Scratch {
 // Rows accumulated lane-wise in the accumulation type before they are flushed into double sums.
 constexpr int64_t kRowsPerFlush = 64;
 
+// Elements of work below which a parallel region is not worth opening (ATen's own grain): small tensors run on the
+// calling thread instead of waiting for every intra-op thread, which costs most when another process keeps a core busy.
+constexpr int64_t kGrainElements = 32768;
+
 // ============================== the two layouts ==============================
 //
 // A task walks `rows` rows of `lanes` contiguous elements each (NCHW: the rows of patch-row i of one plane,
@@ -136,15 +140,10 @@ namespace avx2 {
 #endif
 
 // The AVX2 + FMA kernels where the CPU has them (the build targets plain x86-64, whose SSE2 lanes are half as
-// wide); STYLEDA_FAST_CPU_ISA=generic forces the portable ones (to test them, or to compare).
+// wide); STYLEDA_FAST_CPU_ISA=generic forces the portable ones.
 bool use_avx2() {
 #ifdef STYLEDA_FAST_HAVE_AVX2_KERNELS
-  static const bool enabled = [] {
-    const char* env = std::getenv("STYLEDA_FAST_CPU_ISA");
-    if (env != nullptr && std::string(env) == "generic") return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return enabled;
+  return use_avx2_kernels();
 #else
   return false;
 #endif
@@ -193,7 +192,8 @@ void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
     std::vector<int64_t> col_patch(*std::max_element(row_length.begin(), row_length.end()), 0);
     for (int64_t j = 0; j < g.grid_w; ++j)
       for (int64_t w = g.cols[j]; w < g.cols[j + 1]; ++w) col_patch[w] = j;
-    at::parallel_for(0, g.batch * g.channels * g.grid_h, 1, [&](int64_t begin, int64_t end) {
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.height / g.grid_h * g.width));
+    at::parallel_for(0, g.batch * g.channels * g.grid_h, grain, [&](int64_t begin, int64_t end) {
       Scratch<acc_t<T>> scratch;
       std::vector<int64_t> param(g.grid_w), count(g.grid_w);
       for (int64_t task = begin; task < end; ++task) {
@@ -211,7 +211,9 @@ void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
   } else {
     const int64_t block = channel_block(g), cblocks = (g.channels + block - 1) / block;
     const int64_t np = g.patches();
-    at::parallel_for(0, g.batch * np * cblocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t task_elements = std::max<int64_t>(1, g.height / g.grid_h * (g.width / g.grid_w) * block);
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / task_elements);
+    at::parallel_for(0, g.batch * np * cblocks, grain, [&](int64_t begin, int64_t end) {
       Scratch<acc_t<T>> scratch;
       std::vector<int64_t> param, count, offsets;
       for (int64_t task = begin; task < end; ++task) {

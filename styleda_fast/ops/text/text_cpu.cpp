@@ -26,6 +26,11 @@
 #include <vector>
 
 #include "common.h"
+#include "output_buffers.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
   m.set_python_module("styleda_fast.ops.text._ops");  // where the fake kernels live
@@ -61,8 +66,9 @@ constexpr uint32_t kTextTag = 0x54455854u;                        // "TEXT": kee
 constexpr uint32_t kFeatureTag = 0x46454154u;                     // "FEAT"
 constexpr int64_t kFeatureGroups = 256;                           // L: counters per chunk of 4*L feature elements
 
-// The generator works on kLanes counters at a time, each step a loop over lanes that the compiler vectorizes
-// (32x32->64-bit multiplies; float32 polynomials for log, sin and cos instead of scalar libm calls).
+// The generator works on kLanes counters at a time: Philox rounds on 8 counters per AVX2 register (or a loop over
+// lanes that the compiler vectorizes), then Box-Muller as loops over lanes (float32 polynomials for log, sin and cos
+// instead of scalar libm calls).
 constexpr int64_t kLanes = 64;
 
 inline float bits_to_float(uint32_t b) {
@@ -133,18 +139,14 @@ inline void cos_sin_turns(float u, float& c, float& s) {
   s = bits_to_float(((sb & ~swap) | (cb & swap)) ^ neg_s);
 }
 
-// Four standard normals per lane from counters (c0[j], c1[j], c2, c3) and key seed: Philox4x32-10, then uint32 ->
-// [0, 1) as tl.uint_to_uniform_float (read as int32, negatives folded with ~, times (2^23-1)/2^23 * 2^-31), then
-// Box-Muller on (u0, u1) and (u2, u3) with u clamped at 1e-7, as tl.pair_uniform_to_normal. out[q][j].
-// x86-64 with GCC: an AVX2 clone chosen at load time (~1.4x faster). AVX2 without FMA computes exactly what the
-// SSE2 baseline does (no contraction), so the noise does not depend on the CPU; AVX-512 is left out because it
-// brings FMA contraction and would change the last bits.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-void philox_normals(uint64_t seed, const uint32_t* c0_in, const uint32_t* c1_in, uint32_t c2, uint32_t c3,
-                    float out[4][kLanes]) {
-  alignas(64) uint32_t x0[kLanes], x1[kLanes], x2[kLanes], x3[kLanes];
+// Philox4x32-10 of kLanes counters (c0[j], c1[j], c2, c3) with key seed: the four output words of lane j in
+// w[0..3][j]. Portable version: a loop over lanes per round, which the compiler vectorizes through memory.
+void philox_words_generic(uint64_t seed, const uint32_t* c0_in, const uint32_t* c1_in, uint32_t c2, uint32_t c3,
+                          uint32_t w[4][kLanes]) {
+  uint32_t* x0 = w[0];
+  uint32_t* x1 = w[1];
+  uint32_t* x2 = w[2];
+  uint32_t* x3 = w[3];
 #pragma omp simd
   for (int64_t j = 0; j < kLanes; ++j) {
     x0[j] = c0_in[j];
@@ -165,10 +167,15 @@ void philox_normals(uint64_t seed, const uint32_t* c0_in, const uint32_t* c1_in,
     k0 += kKeyA;
     k1 += kKeyB;
   }
-  uint32_t* words[4] = {x0, x1, x2, x3};
+}
+
+// uint32 words -> four standard normals per lane: uint32 -> [0, 1) as tl.uint_to_uniform_float (read as int32,
+// negatives folded with ~, times (2^23-1)/2^23 * 2^-31), then Box-Muller on (u0, u1) and (u2, u3) with u clamped
+// at 1e-7, as tl.pair_uniform_to_normal. out[q][j]. Inlined into each ISA's caller, which compiles it for that ISA.
+__attribute__((always_inline)) inline void box_muller_words(uint32_t w[4][kLanes], float out[4][kLanes]) {
   for (int pair = 0; pair < 2; ++pair) {
-    const uint32_t* wa = words[2 * pair];
-    const uint32_t* wb = words[2 * pair + 1];
+    const uint32_t* wa = w[2 * pair];
+    const uint32_t* wb = w[2 * pair + 1];
     float* na = out[2 * pair];
     float* nb = out[2 * pair + 1];
 #pragma omp simd
@@ -186,6 +193,75 @@ void philox_normals(uint64_t seed, const uint32_t* c0_in, const uint32_t* c1_in,
       nb[j] = r * s;
     }
   }
+}
+
+void philox_normals_generic(uint64_t seed, const uint32_t* c0, const uint32_t* c1, uint32_t c2, uint32_t c3,
+                            float out[4][kLanes]) {
+  alignas(64) uint32_t w[4][kLanes];
+  philox_words_generic(seed, c0, c1, c2, c3, w);
+  box_muller_words(w, out);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define STYLEDA_FAST_HAVE_AVX2_NOISE 1
+// The 32x32 -> 64-bit products of m and x per 32-bit lane, split into high and low words (vpmuludq multiplies the
+// even lanes; the odd ones are shifted down first).
+__attribute__((target("avx2"), always_inline)) inline void mul_hi_lo(__m256i m, __m256i x, __m256i& hi,
+                                                                      __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(m, x);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(m, 32), _mm256_srli_epi64(x, 32));
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+// Philox4x32-10 on 8 counters at a time with the state in registers for all ten rounds (the portable loop goes
+// through memory every round); the same words as philox_words_generic.
+__attribute__((target("avx2"))) void philox_words_avx2(uint64_t seed, const uint32_t* c0, const uint32_t* c1,
+                                                       uint32_t c2, uint32_t c3, uint32_t w[4][kLanes]) {
+  const __m256i ma = _mm256_set1_epi32(static_cast<int32_t>(kRoundA));
+  const __m256i mb = _mm256_set1_epi32(static_cast<int32_t>(kRoundB));
+  for (int64_t j = 0; j < kLanes; j += 8) {
+    __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + j));
+    __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c1 + j));
+    __m256i x2 = _mm256_set1_epi32(static_cast<int32_t>(c2));
+    __m256i x3 = _mm256_set1_epi32(static_cast<int32_t>(c3));
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      __m256i hb, lb, ha, la;
+      mul_hi_lo(mb, x2, hb, lb);
+      mul_hi_lo(ma, x0, ha, la);
+      x0 = _mm256_xor_si256(_mm256_xor_si256(hb, x1), _mm256_set1_epi32(static_cast<int32_t>(k0)));
+      x2 = _mm256_xor_si256(_mm256_xor_si256(ha, x3), _mm256_set1_epi32(static_cast<int32_t>(k1)));
+      x1 = lb;
+      x3 = la;
+      k0 += kKeyA;
+      k1 += kKeyB;
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[0] + j), x0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[1] + j), x1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[2] + j), x2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[3] + j), x3);
+  }
+}
+
+// AVX2 without FMA: the float steps round exactly as in the portable (SSE2) build, so the noise does not depend
+// on the CPU (FMA contraction would change the last bits).
+__attribute__((target("avx2"))) void philox_normals_avx2(uint64_t seed, const uint32_t* c0, const uint32_t* c1,
+                                                         uint32_t c2, uint32_t c3, float out[4][kLanes]) {
+  alignas(64) uint32_t w[4][kLanes];
+  philox_words_avx2(seed, c0, c1, c2, c3, w);
+  box_muller_words(w, out);
+}
+#endif
+
+// Four standard normals per lane from counters (c0[j], c1[j], c2, c3) and key seed (Philox4x32-10, then
+// box_muller_words). The AVX2 version where use_avx2_kernels() says so; both give the same bits.
+void philox_normals(uint64_t seed, const uint32_t* c0, const uint32_t* c1, uint32_t c2, uint32_t c3,
+                    float out[4][kLanes]) {
+#ifdef STYLEDA_FAST_HAVE_AVX2_NOISE
+  if (use_avx2_kernels()) return philox_normals_avx2(seed, c0, c1, c2, c3, out);
+#endif
+  philox_normals_generic(seed, c0, c1, c2, c3, out);
 }
 
 // noise[q*Q + j] = output q of counter (j, stream, row, kTextTag), for j < Q: coordinates 0..4Q-1 of one sample.
@@ -469,12 +545,27 @@ Planes check_style_features(const at::Tensor& xn, const at::Tensor& mean, const 
   return {planes, planes == 0 ? 0 : xn.numel() / planes};
 }
 
+// relu(z) that keeps NaN (as torch.relu) and gives +0 for -0, as one select on two compares: the nested form
+// (z > 0 ? z : (z == z ? 0 : z)) kept the feature loops scalar, with a branch per element.
+template <typename A>
+inline A relu_keep_nan(A z) {
+  return ((z > A(0)) | (z != z)) ? z : A(0);
+}
+
+// A fresh contiguous tensor like t: large ones from the output cache (already faulted in when reused: a fresh
+// 67 MB at::empty costs page faults comparable to the kernel itself).
+at::Tensor contiguous_output_like(const at::Tensor& t) {
+  std::vector<int64_t> strides(t.dim(), 1);
+  for (int64_t d = t.dim() - 2; d >= 0; --d) strides[d] = strides[d + 1] * std::max<int64_t>(1, t.size(d + 1));
+  return empty_output(t.sizes(), strides, 0, t.numel(), t.options());
+}
+
 at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& mean, const at::Tensor& std,
                                    double noise_scale, int64_t seed, int64_t offset) {
   const Planes pl = check_style_features(xn_in, mean, std);
   TORCH_CHECK_VALUE(offset >= 0 && offset < (int64_t(1) << 32), "styleda_fast: offset must be in [0, 2^32), got ", offset);
   const at::Tensor xn = xn_in.contiguous();
-  at::Tensor out = at::empty_like(xn);
+  at::Tensor out = contiguous_output_like(xn);
   const int64_t N = xn.numel(), chunk_size = 4 * kFeatureGroups, chunks = (N + chunk_size - 1) / chunk_size;
   if (N == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xn.scalar_type(), "noisy_style_features_cpu", [&] {
@@ -498,13 +589,13 @@ at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& m
             _Pragma("omp simd")
             for (int64_t i = 0; i < n; ++i) {
               const A z = sp * static_cast<A>(x[e + i]) + mp;
-              y[e + i] = static_cast<scalar_t>((z > A(0) ? z : (z == z ? A(0) : z)) + fn * static_cast<A>(nz[i]));
+              y[e + i] = static_cast<scalar_t>(relu_keep_nan(z) + fn * static_cast<A>(nz[i]));
             }
           } else {
             _Pragma("omp simd")
             for (int64_t i = 0; i < n; ++i) {
               const A z = sp * static_cast<A>(x[e + i]) + mp;
-              y[e + i] = static_cast<scalar_t>(z > A(0) ? z : (z == z ? A(0) : z));
+              y[e + i] = static_cast<scalar_t>(relu_keep_nan(z));
             }
           }
           e = run_end;
@@ -525,7 +616,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_style_features_backward_cpu
               "styleda_fast: grad_out must have xn's shape and dtype");
   const at::Tensor xn = xn_in.contiguous(), grad_out = grad_out_in.contiguous();
   at::Tensor grad_mean = at::empty_like(mean), grad_std = at::empty_like(std);
-  at::Tensor grad_xn = compute_grad_xn ? at::empty_like(xn) : at::empty({0}, xn.options());
+  at::Tensor grad_xn = compute_grad_xn ? contiguous_output_like(xn) : at::empty({0}, xn.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xn.scalar_type(), "noisy_style_features_backward", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* x_data = xn.const_data_ptr<scalar_t>();
@@ -540,24 +631,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_style_features_backward_cpu
         const scalar_t* x = x_data + p * pl.size;
         const scalar_t* g = g_data + p * pl.size;
         const A mp = m[p], sp = s[p];
+        // One pass: the sums (in double) and grad_xn = g * std where the forward's ReLU passed g.
         double sum_g = 0, sum_gx = 0;
-        _Pragma("omp simd reduction(+ : sum_g, sum_gx)")
-        for (int64_t i = 0; i < pl.size; ++i) {
-          const A xi = static_cast<A>(x[i]);
-          const A gi = sp * xi + mp > A(0) ? static_cast<A>(g[i]) : A(0);  // ReLU mask of the forward
-          sum_g += double(gi);
-          sum_gx += double(gi) * double(xi);
+        if (dx_data != nullptr) {
+          scalar_t* dx = dx_data + p * pl.size;
+          _Pragma("omp simd reduction(+ : sum_g, sum_gx)")
+          for (int64_t i = 0; i < pl.size; ++i) {
+            const A xi = static_cast<A>(x[i]), gx = static_cast<A>(g[i]);
+            const bool on = sp * xi + mp > A(0);
+            const A gi = on ? gx : A(0);
+            sum_g += double(gi);
+            sum_gx += double(gi) * double(xi);
+            dx[i] = static_cast<scalar_t>(on ? gx * sp : A(0));
+          }
+        } else {
+          _Pragma("omp simd reduction(+ : sum_g, sum_gx)")
+          for (int64_t i = 0; i < pl.size; ++i) {
+            const A xi = static_cast<A>(x[i]);
+            const A gi = sp * xi + mp > A(0) ? static_cast<A>(g[i]) : A(0);  // ReLU mask of the forward
+            sum_g += double(gi);
+            sum_gx += double(gi) * double(xi);
+          }
         }
         gm[p] = static_cast<A>(sum_g);
         gs[p] = static_cast<A>(sum_gx);
-        if (dx_data != nullptr) {
-          scalar_t* dx = dx_data + p * pl.size;
-          _Pragma("omp simd")
-          for (int64_t i = 0; i < pl.size; ++i) {
-            const A xi = static_cast<A>(x[i]);
-            dx[i] = static_cast<scalar_t>(sp * xi + mp > A(0) ? static_cast<A>(g[i]) * sp : A(0));
-          }
-        }
       }
     });
   });
