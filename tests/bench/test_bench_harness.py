@@ -249,3 +249,26 @@ def test_quick_run_prints_clean_progress_and_states_the_machine(tmp_path, capsys
     assert data["settings"]["compile"] is False  # --quick skips torch.compile
     assert len(rows) == len(data["results"]) and all("result" in r for r in data["results"])
     assert f"results: {sum(r['result'] for r in rows)} of {len(rows)} rows." in text
+
+
+def test_no_cuda_runtime_warning_on_a_cpu_run():
+    """torch.compile's import of torch.utils.cpp_extension warns "No CUDA runtime is found" on a CPU machine with a
+    CUDA toolkit; the harness imports it with that logger quieted (checked in a fresh process)."""
+    import os
+    import subprocess
+    import sys
+
+    def stderr_of(code: str) -> str:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stderr
+
+    quieted = stderr_of(
+        "import torch\nfrom styleda_fast.bench.harness import _quiet_cpp_extension\n"
+        "with _quiet_cpp_extension(torch.device('cpu')):\n    import torch.utils.cpp_extension"
+    )
+    assert "No CUDA runtime" not in quieted
+    if torch.cuda.is_available():
+        return
+    plain = stderr_of("import torch.utils.cpp_extension")
+    if "No CUDA runtime" not in plain:
+        __import__("pytest").skip("no CUDA toolkit here: torch does not warn, nothing to quiet")
