@@ -190,3 +190,14 @@ def test_sub_that_does_not_occur_is_an_error(tmp_path):
     (snippet,) = extract("<!-- sub: pretrained='openai' => pretrained=None -->\n```python\nx = 1\n```\n", "d.md")
     with pytest.raises(ValueError, match="does not occur"):
         run_snippet(snippet, tmp_path)
+
+
+def test_relative_links_resolve():
+    """Every relative link of the docs (and of benchmarks/RESULTS.md) names a file or folder of the repository."""
+    files = [*doc_files(), ROOT / "CONTRIBUTING.md", ROOT / "benchmarks" / "RESULTS.md"]
+    broken = []
+    for f in files:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", f.read_text()):
+            if "://" not in target and not (f.parent / target).exists():
+                broken.append(f"{f.relative_to(ROOT)}: {target}")
+    assert not broken, broken
