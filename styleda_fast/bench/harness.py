@@ -581,6 +581,7 @@ def _run(registry, dev, out, quick, compile_baseline, families, full, extras, lo
         )
     wall = time.perf_counter() - started
     info["skipped_bf16"] = skipped_bf16
+    log(f"\nstyleda-fast bench, {info['date'][:16].replace('T', ' ')} UTC, on {describe(info)}, torch {info['torch']}")
     log(format_table(rows))
     log("")
     log(footnotes(rows, skipped_bf16))

@@ -240,6 +240,8 @@ def test_quick_run_prints_clean_progress_and_states_the_machine(tmp_path, capsys
     rows = harness.run({"famix_step": FAMILIES["famix_step"]}, "cpu", str(tmp_path), quick=True, log=log)
     text = "".join(lines)
     assert text.startswith("styleda-fast bench on ") and " cores, " in text.splitlines()[0]
+    table_head = next(ln for ln in text.splitlines() if ln.startswith("styleda-fast bench, "))  # above the table
+    assert harness.describe(harness.machine_info(torch.device("cpu"))) in table_head
     assert "No CUDA runtime" not in text + capsys.readouterr().err
     progress = [ln for ln in text.splitlines() if ln.startswith("  [")]
     assert progress and not any(".." in ln for ln in progress)
