@@ -12,6 +12,8 @@ def main(argv: list[str] | None = None) -> int:
         from styleda_fast.devtools.gpu_report import main as gpu_report
 
         return gpu_report(argv[1:])
+    from styleda_fast.bench import DEFAULT_FAMILIES, FAMILIES
+
     parser = argparse.ArgumentParser(
         prog="styleda-fast",
         description="Benchmark the fused PODA/FAMix style operations, list the backends, or mine a style bank.",
@@ -23,11 +25,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     bench.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
-    bench.add_argument("--quick", action="store_true", help="small shapes (a smoke test, not a measurement)")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="small shapes, few calls, no torch.compile: a smoke test",
+    )
     bench.add_argument("--full", action="store_true", help="also the slow general references and larger sizes")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     bench.add_argument(
-        "--family", action="append", help="only these families (repeatable): style_mix, famix_step, class_stats, ..."
+        "--busy-neighbour",
+        action="store_true",
+        help="start a process that spins on one core for the whole run (small-tensor paths measured under load)",
+    )
+    bench.add_argument(
+        "--family",
+        action="append",
+        choices=list(FAMILIES),
+        metavar="NAME",
+        help=f"only these families (repeatable): {', '.join(FAMILIES)}; default: {', '.join(DEFAULT_FAMILIES)}",
     )
     sub.add_parser("backends", help="which backends run on this machine")
     sub.add_parser(
@@ -42,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from styleda_fast.bench import run
 
-        run(args.device, args.out, args.quick, not args.no_compile, args.family, full=args.full)
+        run(args.device, args.out, args.quick, not args.no_compile, args.family, full=args.full,
+            busy_neighbour=args.busy_neighbour)  # fmt: skip
     elif args.command == "mine":
         from styleda_fast.mining.command import MineError, run
 

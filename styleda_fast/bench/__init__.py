@@ -37,7 +37,11 @@ def run(
     compile_baseline: bool = True,
     families: list[str] | None = None,
     full: bool = False,
+    busy_neighbour: bool = False,
 ) -> list[dict]:
-    """Run the families named in ``families`` (default: :data:`DEFAULT_FAMILIES`); returns the table rows."""
+    """Run the families named in ``families`` (default: :data:`DEFAULT_FAMILIES`); returns the table rows.
+    ``busy_neighbour``: a process spins on one core during the run (small-tensor paths measured under load)."""
     families = list(families) if families else list(DEFAULT_FAMILIES)
-    return harness.run(FAMILIES, device, out_dir, quick, compile_baseline, families, full, extras=EXTRAS)
+    return harness.run(
+        FAMILIES, device, out_dir, quick, compile_baseline, families, full, extras=EXTRAS, busy_neighbour=busy_neighbour
+    )

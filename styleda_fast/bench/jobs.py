@@ -167,7 +167,7 @@ def _mining_cases(device, quick: bool, full: bool) -> list[Case]:
     if full:
         n_famix, n_poda, crop, step_list, n_templates = 16, 16, 768, (STEPS_FULL,), TEMPLATES_FULL
     elif quick:
-        n_famix, n_poda, crop, step_list, n_templates = 2, 2, 96, (1,), 2
+        n_famix, n_poda, crop, step_list, n_templates = 1, 1, 96, (1,), 1  # a smoke test
     else:
         n_famix, n_poda, crop, step_list, n_templates = 16, 8, 192, (1, 3), 4
     templates = IMAGENET_TEMPLATES[:n_templates]
@@ -199,9 +199,12 @@ def _mining_cases(device, quick: bool, full: bool) -> list[Case]:
 
         name = f"famix mine, {steps} step{'s' * (steps > 1)}, {n_templates} templates"
         shape = f"{n_famix} img {crop}px, {n_classes} cls"
-        providers = {"public": public, "ours": ours, "ours fast": fast}
-        cases.append(Case("jobs", name, shape, providers, "public", floor=None, items=(n_famix, "images")))
+        providers = {"public": public, "ours": ours} if quick else {"public": public, "ours": ours, "ours fast": fast}
+        cases.append(Case("jobs", name, shape, providers, "public", floor=None, items=(n_famix, "images"),
+                          bf16=("ours fast",)))  # fmt: skip
 
+    if quick:  # a smoke test: the prompt and PODA mining cases run the same code as the case above
+        return cases
     # the prompts of one batch alone: the public per-class encode_text (grad mode, anomaly detection) against
     # encode_prompts, for the extrapolation to 80 templates
     classes = descriptions[:-1]
@@ -226,7 +229,7 @@ def _mining_cases(device, quick: bool, full: bool) -> list[Case]:
         }
         name = f"poda mine, {steps} step{'s' * (steps > 1)}"
         cases.append(Case("jobs", name, f"{n_poda} img {crop}px", providers, "public", floor=None,
-                          items=(n_poda, "images")))  # fmt: skip
+                          items=(n_poda, "images"), bf16=("ours fast",)))  # fmt: skip
     return cases
 
 
@@ -314,6 +317,8 @@ def _step_cases(device, quick: bool, full: bool) -> list[Case]:
     for recipe in ("famix", "poda"):
         job, module, dc = training_job(recipe, crop, batch, device)
         names = STEP_OPTIONS if recipe == "famix" else ("public", "ours", "ours in-place")
+        if quick:  # a smoke test: each code path once (public, ours, in place with checkpointing and bf16)
+            names = ("public", "ours", "ours in-place+ckpt+bf16") if recipe == "famix" else ("public", "ours in-place")
         options = {k: STEP_OPTIONS[k] for k in names}
 
         job.config, job.aug_log, job.aug_ms = None, [], {}
@@ -336,7 +341,9 @@ def _step_cases(device, quick: bool, full: bool) -> list[Case]:
 
         providers = {name: provider(name, config) for name, config in options.items()}
         shape = f"{batch} img {crop}px"
-        case = Case("jobs", f"{recipe} train step", shape, providers, "public", floor=None, items=(batch, "images"))
+        bf16 = tuple(name for name, config in options.items() if config.get("bf16"))
+        case = Case("jobs", f"{recipe} train step", shape, providers, "public", floor=None, items=(batch, "images"),
+                    bf16=bf16)  # fmt: skip
         case.aug_ms = job.aug_ms  # the augmentation's time inside each step, per provider (the job table's share)
         cases.append(case)
 
@@ -572,9 +579,11 @@ def job_table(rows: list[dict], steps: int = STEPS_FULL, templates: int = TEMPLA
         for recipe, r in mining:
             p, o, f = r.get("public"), r.get("ours"), r.get("ours fast")
             c = r.get("ours, cached", o)
-            if p and o and f:
+            if p and o:
+                fast = f"{f:.2f}" if f else "skipped (no native bf16)"
+                vs_fast = f"{p / f:.2f}x" if f else ""
                 lines.append(
-                    f"| {recipe} | {p:.2f} | {o:.2f} | {c:.2f} | {f:.2f} | {p / o:.2f}x | {p / c:.2f}x | {p / f:.2f}x |"
+                    f"| {recipe} | {p:.2f} | {o:.2f} | {c:.2f} | {fast} | {p / o:.2f}x | {p / c:.2f}x | {vs_fast} |"
                 )
     steps_rows = []
     for recipe in ("famix", "poda"):
@@ -618,16 +627,16 @@ def interleaved(cases: list[Case], device, rounds: int, log=print) -> list[dict]
     calls = [(case, name, fn) for case in cases for name, fn in case.providers.items()]
     first = {(id(case), name): timed(fn, (id(case), name)) for case, name, fn in calls}
     samples: dict[tuple[int, str], list[float]] = {key: [] for key in first}
-    for _ in range(rounds):
-        for case, name, fn in calls:
-            samples[id(case), name].append(timed(fn, (id(case), name)))
-        log(".", end="", flush=True)
-    log("")
+    with harness.OtherLoad() as load:
+        for _ in range(rounds):
+            for case, name, fn in calls:
+                samples[id(case), name].append(timed(fn, (id(case), name)))
+    log(f" {rounds} rounds")
     rows = []
     for case in cases:
         timings = {}
         for name in case.providers:
-            timing = harness.Timing(samples[id(case), name], first[id(case), name])
+            timing = harness.Timing(samples[id(case), name], first[id(case), name], others=load.cores)
             timing.noise = harness.noise_reason(timing)
             timings[name] = timing
         log(f"  {case.name}: " + ", ".join(f"{n} {harness.fmt_ms(t.median)} ms" for n, t in timings.items()))
@@ -670,6 +679,11 @@ def main(argv=None) -> None:
     for case in todo:
         key = case.name.split()[0] + (" training" if "train" in case.name or "alone" in case.name else " mining")
         groups.setdefault(key, []).append(case)
+    info = harness.machine_info(device)
+    print(f"on {harness.describe(info)}")
+    dropped = harness.drop_bf16(todo, device, info)
+    if dropped:
+        print(harness.bf16_skip_line(info, dropped))
     for k, (key, group) in enumerate(groups.items(), 1):
         print(f"[{k}/{len(groups)}] {key}: {', '.join(c.name for c in group)}", end="", flush=True)
         rows += interleaved(group, device, args.rounds)
@@ -693,7 +707,6 @@ def main(argv=None) -> None:
                 f"{format_bytes(aug['public'])} for backward in the public code, {format_bytes(aug['ours'])} in ours"
             )
     if args.json:
-        info = harness.machine_info(device)
         Path(args.json).write_text(json.dumps({"machine": info, "rows": rows, "memory": memory}, indent=1))
 
 
