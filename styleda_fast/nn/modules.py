@@ -30,7 +30,6 @@ from styleda_fast.ops.style_mix import local_style_mix
 
 __all__ = ["DistributionUncertainty", "MixStyle", "PermutedAdaIN", "StyleAugmentation", "StyleBankAugment"]
 
-# ---------------------------------------------------------------------------------------------- the draw operator
 
 _LAYERS: weakref.WeakValueDictionary[int, StyleAugmentation] = weakref.WeakValueDictionary()
 _KEYS = itertools.count(1)
@@ -66,9 +65,6 @@ def _draw_op_fake(key, batch, channels, labels):
     return [torch.empty((), dtype=torch.bool, device=layer._draw_device()), *layer._fake_draws(batch, channels)]
 
 
-# ---------------------------------------------------------------------------------------------- argument checks
-
-
 def _check_probability(p, name: str = "p") -> float:
     if isinstance(p, bool) or not isinstance(p, (int, float)):
         raise TypeError(f"{name} must be a number in [0, 1], got {type(p).__name__}")
@@ -96,9 +92,6 @@ def _make_generator(generator, device: torch.device) -> tuple[torch.Generator | 
     raise TypeError(f"generator must be None, an int seed or a torch.Generator, got {type(generator).__name__}")
 
 
-# ---------------------------------------------------------------------------------------------- base class
-
-
 class StyleAugmentation(nn.Module):
     """Base of the style-augmentation layers: training-mode only, probability ``p``, own generator, on/off switch.
 
@@ -110,7 +103,7 @@ class StyleAugmentation(nn.Module):
 
     def __init__(self, p: float, generator=None, generator_device: torch.device | str = "cpu") -> None:
         super().__init__()
-        self.p = _check_probability(p)
+        self.p = p
         self.generator, self.seed = _make_generator(generator, torch.device(generator_device))
         self.enabled = True
         self._key = _register(self)
@@ -118,6 +111,15 @@ class StyleAugmentation(nn.Module):
     def __setstate__(self, state) -> None:  # copies (deepcopy, pickle) get their own key in the draw registry
         super().__setstate__(state)
         self._key = _register(self)
+
+    @property
+    def p(self) -> float:
+        """The probability of acting on a call, in ``[0, 1]``; checked on every assignment."""
+        return self._p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self._p = _check_probability(value)
 
     # ------------------------------------------------------------------ switches
 
@@ -188,9 +190,6 @@ class StyleAugmentation(nn.Module):
         return None
 
 
-# ---------------------------------------------------------------------------------------------- MixStyle
-
-
 class MixStyle(StyleAugmentation):
     """MixStyle (Zhou et al., ICLR 2021): mixes each image's feature statistics with those of a partner image.
 
@@ -239,9 +238,6 @@ class MixStyle(StyleAugmentation):
         return F.mix_style(x, perm, lam, self.eps)
 
 
-# ---------------------------------------------------------------------------------------------- PermutedAdaIN
-
-
 class PermutedAdaIN(StyleAugmentation):
     """PermutedAdaIN (Nuriel et al., CVPR 2021): AdaIN of each image toward a random other image's statistics.
 
@@ -277,9 +273,6 @@ class PermutedAdaIN(StyleAugmentation):
         return F.permuted_adain(x, draws[0], self.eps, eps_after_sqrt=self.eps_after_sqrt)
 
 
-# ---------------------------------------------------------------------------------------------- DSU
-
-
 class DistributionUncertainty(StyleAugmentation):
     """DSU (Li et al., ICLR 2022): resamples each image's feature mean and std around their batch spread.
 
@@ -313,9 +306,6 @@ class DistributionUncertainty(StyleAugmentation):
 
     def _augment(self, x, draws):
         return F.dsu(x, draws[0], draws[1], self.eps)
-
-
-# ---------------------------------------------------------------------------------------------- PODA / FAMix
 
 
 class StyleBankAugment(StyleAugmentation):

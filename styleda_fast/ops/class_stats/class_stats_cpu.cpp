@@ -308,6 +308,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> class_mean_std_cpu(const at::Tens
               "styleda_fast: labels must be (B, H, W) = (", x_in.size(0), ", ", x_in.size(2), ", ", x_in.size(3),
               ") to match x, got ", labels_in.sizes());
   TORCH_CHECK_VALUE(num_classes >= 1, "styleda_fast: num_classes must be >= 1, got ", num_classes);
+  check_scalar(eps, "eps");
   // x in place when its images are NCHW or NHWC with any batch stride (a token grid), else an NCHW copy
   const at::Tensor x = kernel_input(x_in), labels = labels_in.contiguous();
   const MemoryLayout layout = *memory_layout(x);

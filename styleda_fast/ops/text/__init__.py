@@ -35,8 +35,9 @@ from styleda_fast.core.checks import (
     check_int,
     check_number,
     per_item,
+    require_fits,
 )
-from styleda_fast.ops.text import _ops, reference  # noqa: F401  (_ops registers the operators' glue)
+from styleda_fast.ops.text import _ops
 from styleda_fast.ops.text.prompts import IMAGENET_TEMPLATES
 
 __all__ = ["clip_cosine_loss", "draw_seed", "encode_prompts", "noisy_style_features", "noisy_text_projection"]
@@ -58,9 +59,6 @@ def _resolve_seed(seed, generator) -> int:
     if seed is None:
         return draw_seed(generator)
     return check_int(seed, "seed", 0, _SEED_BOUND - 1)
-
-
-# ---------------------------------------------------------------- encode_prompts
 
 
 def encode_prompts(
@@ -125,9 +123,6 @@ def encode_prompts(
     return F.normalize(sums / T, dim=-1)
 
 
-# ---------------------------------------------------------------- noisy_text_projection
-
-
 def noisy_text_projection(
     text: Tensor,
     sigma: float,
@@ -164,20 +159,10 @@ def noisy_text_projection(
         raise ValueError(f"text must be (K, D) or (D,), got shape {tuple(text.shape)}")
     sigma = check_number(sigma, "sigma")
     samples = check_int(samples, "samples", 1, 2**31 - 1)
+    require_fits((text.shape[0], samples, text.shape[1]), text.dtype, text.device, "samples")
     offset = check_int(offset, "offset", 0, 2**32 - samples)
     seed = _resolve_seed(seed, generator)
-    text = text.contiguous()
-
-    def run_reference():
-        acc = acc_dtype(text.dtype)
-        eps = reference.text_noise(text.shape[0], samples, text.shape[1], seed, offset).to(text.device, acc)
-        return reference.noisy_text_projection(text.to(acc), sigma, eps).to(text.dtype), None
-
-    args = (text, sigma, samples, seed, offset)
-    return run_op("text", "noisy_text_projection", text.device, args, run_reference)[0]
-
-
-# ---------------------------------------------------------------- clip_cosine_loss
+    return run_op(_ops.NOISY_TEXT_PROJECTION, text.contiguous(), sigma, samples, seed, offset)[0]
 
 
 def clip_cosine_loss(image_features: Tensor, text_targets: Tensor, *, detach_norm: bool = False) -> Tensor:
@@ -214,18 +199,7 @@ def clip_cosine_loss(image_features: Tensor, text_targets: Tensor, *, detach_nor
         )
     image = image_features.contiguous()
     text = text_targets.to(image.dtype).expand(B, D).contiguous()
-    acc = acc_dtype(image_features.dtype)
-    loss = run_op(
-        "text",
-        "clip_cosine_loss",
-        image.device,
-        (image, text),
-        lambda: reference.clip_cosine_loss(image_features.to(acc), text_targets.to(acc), detach_norm),
-    )
-    return loss.to(image_features.dtype)
-
-
-# ---------------------------------------------------------------- noisy_style_features
+    return run_op(_ops.CLIP_COSINE_LOSS, image, text).to(image_features.dtype)
 
 
 def noisy_style_features(
@@ -265,11 +239,4 @@ def noisy_style_features(
     feature_noise = check_number(feature_noise, "feature_noise")
     offset = check_int(offset, "offset", 0, 2**32 - 1)
     seed = _resolve_seed(seed, generator)
-    xn = xn.contiguous()
-
-    def run_reference():
-        eps = reference.feature_noise(xn.numel(), seed, offset).view(xn.shape).to(xn.device, acc)
-        return reference.noisy_style_features(xn.to(acc), mean, std, feature_noise, eps).to(xn.dtype)
-
-    args = (xn, mean, std, feature_noise, seed, offset)
-    return run_op("text", "noisy_style_features", xn.device, args, run_reference)
+    return run_op(_ops.NOISY_STYLE_FEATURES, xn.contiguous(), mean, std, feature_noise, seed, offset)
