@@ -106,7 +106,7 @@ class _MixStyleFunction(torch.autograd.Function):
         mean, std = mean.to(acc), std.to(acc)
         w = lam.to(acc)[:, None, None, None]
         # index_select, not mean[perm]: on CPU, advanced indexing right after the kernel's OpenMP region costs
-        # milliseconds (measured: 7 ms vs 12 us for (16, 256) statistics)
+        # milliseconds
         partner_mean, partner_std = mean.index_select(0, perm), std.index_select(0, perm)
         target_std = w * std + (1 - w) * partner_std
         target_mean = w * mean + (1 - w) * partner_mean

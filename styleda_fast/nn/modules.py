@@ -121,7 +121,7 @@ class StyleAugmentation(nn.Module):
     def p(self, value: float) -> None:
         self._p = _check_probability(value)
 
-    # ------------------------------------------------------------------ switches
+    # switches
 
     def enable(self) -> StyleAugmentation:
         """Switch the layer on (it acts in training mode); returns the layer."""
@@ -141,7 +141,7 @@ class StyleAugmentation(nn.Module):
     def _common_repr(self) -> str:
         return f"generator={self._generator_repr()}" + ("" if self.enabled else ", enabled=False")
 
-    # ------------------------------------------------------------------ draws
+    # draws
 
     def _draw_device(self) -> torch.device:
         return self.generator.device if self.generator is not None else torch.device("cpu")
@@ -166,7 +166,7 @@ class StyleAugmentation(nn.Module):
     def _augment(self, x: Tensor, draws: tuple[Tensor, ...]) -> Tensor:
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ forward
+    # forward
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         F.check_features(x)

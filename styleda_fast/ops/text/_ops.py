@@ -56,22 +56,6 @@ def _check_clip_cosine_loss_backward(grad_loss, image, text, compute_grad_text):
     require(isinstance(grad_loss, Tensor) and grad_loss.numel() == 1, "grad_loss must have one element")
 
 
-def _check_noisy_style_features(xn, mean, std, feature_noise, seed, offset):
-    require_float(xn, "xn")
-    require(xn.dim() >= 2, f"xn must be (B, C, ...), got {xn.dim()} dims")
-    require_params(mean, "mean", xn.shape[:2], xn)
-    require_params(std, "std", xn.shape[:2], xn)
-    require_scalar(feature_noise, "feature_noise")
-    require(0 <= offset < 2**32, f"offset must be in [0, 2^32), got {offset}")
-    require(0 <= seed < 2**63, f"seed must be in [0, 2^63), got {seed}")
-
-
-def _check_noisy_style_features_backward(grad_out, xn, mean, std, compute_grad_xn):
-    _check_noisy_style_features(xn, mean, std, 0.0, 0, 0)
-    require_float(grad_out, "grad_out")
-    require(grad_out.shape == xn.shape and grad_out.dtype == xn.dtype, "grad_out must have xn's shape and dtype")
-
-
 # fake kernels (the arguments are checked first)
 
 
@@ -92,15 +76,6 @@ def _clip_cosine_loss_backward_fake(grad_loss, image, text, compute_grad_text):
     return torch.empty_like(image), torch.empty_like(text) if compute_grad_text else text.new_empty(0)
 
 
-def _noisy_style_features_fake(xn, mean, std, feature_noise, seed, offset):
-    return torch.empty_like(xn)
-
-
-def _noisy_style_features_backward_fake(grad_out, xn, mean, std, compute_grad_xn):
-    grad_xn = torch.empty_like(xn) if compute_grad_xn else xn.new_empty(0)
-    return grad_xn, torch.empty_like(mean), torch.empty_like(std)
-
-
 # references, with the operators' arguments and outputs
 
 
@@ -116,12 +91,6 @@ def _noisy_text_projection_reference(text, sigma, samples, seed, offset):
 def _clip_cosine_loss_reference(image, text):
     acc = acc_dtype(image.dtype)
     return reference.clip_cosine_loss(image.to(acc), text.to(acc))
-
-
-def _noisy_style_features_reference(xn, mean, std, feature_noise, seed, offset):
-    acc = acc_dtype(xn.dtype)
-    eps = reference.feature_noise(xn.numel(), seed, offset).view(xn.shape).to(xn.device, acc)
-    return reference.noisy_style_features(xn.to(acc), mean, std, feature_noise, eps).to(xn.dtype)
 
 
 # autograd
@@ -155,29 +124,6 @@ def _clip_cosine_loss_backward(ctx, grad_loss):
     return grad_image if need_image else None, grad_text if need_text else None
 
 
-def _noisy_style_features_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1], inputs[2])
-
-
-def _noisy_style_features_backward(ctx, grad_out):
-    """``(grad_xn, grad_mean, grad_std)``: the ReLU mask is recomputed from the inputs; no noise is needed."""
-    xn, mean, std = ctx.saved_tensors
-    need_xn, need_mean, need_std = ctx.needs_input_grad[:3]
-    if grad_out is None or not (need_xn or need_mean or need_std):
-        return (None,) * 6
-    grad_xn, grad_mean, grad_std = op_namespace(ctx).noisy_style_features_backward(
-        grad_out.contiguous(), xn, mean, std, need_xn
-    )
-    return (
-        grad_xn if need_xn else None,
-        grad_mean if need_mean else None,
-        grad_std if need_std else None,
-        None,
-        None,
-        None,
-    )
-
-
 # declarations
 
 
@@ -207,23 +153,9 @@ CLIP_COSINE_LOSS = _op(
 CLIP_COSINE_LOSS_BACKWARD = _op(
     "clip_cosine_loss_backward", _check_clip_cosine_loss_backward, _clip_cosine_loss_backward_fake
 )
-NOISY_STYLE_FEATURES = _op(
-    "noisy_style_features",
-    _check_noisy_style_features,
-    _noisy_style_features_fake,
-    reference=_noisy_style_features_reference,
-    backward=_noisy_style_features_backward,
-    setup_context=_noisy_style_features_setup,
-)
-NOISY_STYLE_FEATURES_BACKWARD = _op(
-    "noisy_style_features_backward", _check_noisy_style_features_backward, _noisy_style_features_backward_fake
-)
-
 register(
     NOISY_TEXT_PROJECTION,
     NOISY_TEXT_PROJECTION_BACKWARD,
     CLIP_COSINE_LOSS,
     CLIP_COSINE_LOSS_BACKWARD,
-    NOISY_STYLE_FEATURES,
-    NOISY_STYLE_FEATURES_BACKWARD,
 )

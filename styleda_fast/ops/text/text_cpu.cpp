@@ -39,6 +39,11 @@ TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
   m.def(
       "clip_cosine_loss_backward(Tensor grad_loss, Tensor image, Tensor text, bool compute_grad_text)"
       " -> (Tensor grad_image, Tensor grad_text)");
+}
+
+// The feature-noise operators share this file's Philox generator; their Python side is ops/feature_noise.
+TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
+  m.set_python_module("styleda_fast.ops.feature_noise._ops");  // where the fake kernels live
   // relu(std * xn + mean) + feature_noise * eps; xn (B, C, ...) contiguous, mean/std (B, C) in the accumulation dtype.
   m.def(
       "noisy_style_features(Tensor xn, Tensor mean, Tensor std, float feature_noise, int seed, int offset)"
