@@ -75,8 +75,9 @@ def _check_local_style_mix_into(x, target_mean, target_std, mix, grid_h, grid_w,
         "x must hold each image's (C, H, W) elements densely, in NCHW or channels_last order (any batch stride "
         f">= C*H*W), got strides {tuple(x.stride())}",
     )
+    require_float(out, "out")
     require(
-        isinstance(out, Tensor) and out.shape == x.shape and out.dtype == x.dtype and out.device == x.device,
+        out.shape == x.shape and out.dtype == x.dtype and out.device == x.device,
         "out must have x's shape, dtype and device",
     )
     out_layout = batch_strided_layout(out)

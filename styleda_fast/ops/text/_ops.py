@@ -9,7 +9,6 @@ kernels carry no graph).
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from styleda_fast.core.checks import acc_dtype, require, require_fits, require_float, require_params, require_scalar
 from styleda_fast.core.library import Operator, op_namespace, register
@@ -53,7 +52,8 @@ def _check_clip_cosine_loss(image, text):
 
 def _check_clip_cosine_loss_backward(grad_loss, image, text, compute_grad_text):
     _check_clip_cosine_loss(image, text)
-    require(isinstance(grad_loss, Tensor) and grad_loss.numel() == 1, "grad_loss must have one element")
+    require_float(grad_loss, "grad_loss")
+    require(grad_loss.numel() == 1, "grad_loss must have one element")
 
 
 # fake kernels (the arguments are checked first)

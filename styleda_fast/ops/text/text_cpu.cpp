@@ -268,6 +268,7 @@ std::tuple<at::Tensor, at::Tensor> noisy_text_projection_cpu(const at::Tensor& t
                                                              int64_t seed, int64_t offset) {
   check_rows(text_in, "text");
   TORCH_CHECK_VALUE(samples >= 1, "styleda_fast: samples must be >= 1, got ", samples);
+  TORCH_CHECK_VALUE(seed >= 0, "styleda_fast: seed must be in [0, 2^63), got ", seed);
   TORCH_CHECK_VALUE(offset >= 0 && offset + samples <= (int64_t(1) << 32),
               "styleda_fast: offset + samples must be in [0, 2^32], got offset ", offset);
   TORCH_CHECK_VALUE(text_in.size(0) < (int64_t(1) << 32), "styleda_fast: at most 2^32 text rows");
@@ -483,6 +484,7 @@ at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& m
                                    double noise_scale, int64_t seed, int64_t offset) {
   check_float_args({{xn_in, "xn"}, {mean, "mean"}, {std, "std"}});
   const Planes pl = check_style_features(xn_in, mean, std);
+  TORCH_CHECK_VALUE(seed >= 0, "styleda_fast: seed must be in [0, 2^63), got ", seed);
   TORCH_CHECK_VALUE(offset >= 0 && offset < (int64_t(1) << 32), "styleda_fast: offset must be in [0, 2^32), got ", offset);
   check_scalar(noise_scale, "feature_noise");
   const at::Tensor xn = xn_in.contiguous();
