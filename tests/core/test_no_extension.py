@@ -99,7 +99,7 @@ def compute() -> dict[str, list[torch.Tensor]]:
             _run(name, results, (x,), lambda x, layer=layer: layer(x, labels))
         else:
             _run(name, results, (x,), layer)
-    wrapped = PatchTokens(MixStyle(p=1.0, generator=6), prefix=1).train()
+    wrapped = PatchTokens(MixStyle(p=1.0, generator=6), prefix=1, grid=(3, 4)).train()
     _run("PatchTokens_MixStyle", results, (tokens,), wrapped)
     return results
 
