@@ -284,13 +284,12 @@ def test_bad_arguments_raise_the_rule_type(call, error, match):
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_direct_operator_calls_with_bad_arguments_get_clear_errors(backend):
     """The registered operators are reachable without the public API; every backend checks their arguments."""
-    from styleda_fast.core.library import checked_launcher
+    from styleda_fast.core.library import operators
 
     def call(name, *args):
         if backend == "cpp":
             return getattr(torch.ops.styleda_fast, name)(*args)
-        family = {"patch_dominant_class": "class_stats", "clip_cosine_loss": "text"}.get(name, "style_mix")
-        return checked_launcher(family, name)(*args)
+        return operators()[name].run_triton(*args)
 
     x = torch.randn(2, 3, 8, 8)
     good = torch.zeros(2, 3, 2, 2)

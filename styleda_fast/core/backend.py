@@ -8,13 +8,13 @@ import contextvars
 import importlib.util
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
 
 from styleda_fast.core.extension import CPP_PROBLEM as _CPP_PROBLEM
-from styleda_fast.core.library import interpreted
+from styleda_fast.core.library import Operator, interpreted
 
 BACKENDS = ("reference", "cpp", "triton")
 
@@ -112,13 +112,15 @@ def _fallback(name: str, problem: str) -> str:
     return "reference"
 
 
-def run_op(family: str, name: str, device: torch.device, args: tuple, reference: Callable[[], Any]) -> Any:
-    """Run operator ``name`` of ``family`` on the backend chosen for ``device``: ``reference()`` (plain PyTorch),
-    the Triton launchers on CPU tensors (interpreter), or the registered operator (C++ on CPU, Triton on CUDA).
-    Both kernel paths have the operator's autograd formula."""
+def run_op(op: Operator, *args) -> Any:
+    """Run the declared operator ``op`` with its arguments ``args`` on the backend chosen for the device of its first
+    tensor argument: the reference (plain PyTorch), the Triton launchers on CPU tensors (interpreter), or the
+    registered operator (C++ on CPU, Triton on CUDA). Every path checks the arguments with ``op``'s rules, and both
+    kernel paths have the operator's autograd formula."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
     backend = select_backend(device)
     if backend == "reference":
-        return reference()
+        return op.run_reference(*args)
     if backend == "triton" and device.type == "cpu":
-        return interpreted(family, name)(*args)
-    return getattr(torch.ops.styleda_fast, name)(*args)
+        return interpreted(op.name)(*args)
+    return getattr(torch.ops.styleda_fast, op.name)(*args)

@@ -6,6 +6,7 @@ Error rule: a wrong type raises ``TypeError``, a wrong value ``ValueError``; eac
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import Tensor
@@ -184,13 +185,6 @@ def per_patch(
     return value.to(dtype).expand(shape).contiguous()
 
 
-def dense_layout(x: Tensor) -> Tensor:
-    """``x`` itself if it is NCHW- or channels_last-contiguous, else an NCHW-contiguous copy."""
-    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    return x.contiguous()
-
-
 def _inner_dense(x: Tensor, order: str) -> bool:
     """Whether each image's ``(C, H, W)`` elements are dense in ``order`` (strides of size-1 dims do not matter)."""
     _, C, H, W = x.shape
@@ -256,12 +250,13 @@ def per_item(value, name: str, B: int, C: int, device: torch.device, dtype: torc
     return value.to(dtype).expand(B, C).contiguous()
 
 
-# ---------------------------------------------------------------- operator-level checks
-# The registered operators can be called directly (``torch.ops.styleda_fast.<op>``), bypassing the public API. The
-# C++ kernels check their arguments; these checks give the Triton launchers the same errors before any launch.
+# Rules of the registered operators' own arguments (``torch.ops.styleda_fast.<op>`` can be called directly). The
+# operator declarations (``ops/<family>/_ops.py``) run them before the fake kernel, the Triton launchers and the
+# reference; the C++ kernels check the same with the same exception types.
 
 
 def require(condition: bool, message: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` (``ValueError`` by default) with ``message`` unless ``condition``."""
     if not condition:
         raise error(f"styleda_fast: {message}")
 
@@ -279,3 +274,30 @@ def require_params(t, name: str, shape: tuple, like: Tensor) -> None:
         t.is_contiguous() and t.dtype == acc_dtype(like.dtype) and t.device == like.device,
         f"{name} must be a contiguous {acc_dtype(like.dtype)} tensor on {like.device}",
     )
+
+
+def require_scalar(value: float, name: str, maximum: float = FLOAT32_MAX) -> None:
+    """An operator's float argument (eps, sigma, noise): finite, in ``[0, maximum]``."""
+    require(math.isfinite(value) and 0 <= value <= maximum, f"{name} must be a finite number in [0, {maximum:.4g}], "
+            f"got {value!r}")  # fmt: skip
+
+
+def memory_bytes(device: torch.device) -> int:
+    """The memory of ``device``: the GPU's total memory, else the machine's physical memory (0 if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def require_fits(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, name: str) -> None:
+    """An output of ``shape`` must fit in the memory of ``device`` (checked before allocating: a ``ValueError``
+    naming the argument that sized it instead of an out-of-memory error). Meta tensors are not bounded."""
+    if device.type == "meta" or torch.compiler.is_compiling() or not all(type(n) is int for n in shape):
+        return  # symbolic sizes (tracing) are bounded when the real call runs
+    size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    limit = memory_bytes(device)
+    require(limit == 0 or size <= limit, f"{name}: the output {tuple(shape)} would need {size / 2**30:.4g} GiB, more "
+            f"than the {limit / 2**30:.4g} GiB of memory of {device}")  # fmt: skip

@@ -2,8 +2,8 @@
 
 Every launcher first builds its :class:`LaunchPlan` list (``plan_*`` in each family's ``_triton.py``: the kernel,
 its arguments, constexprs, ``num_warps`` and grid) and then launches it. A plan built from tensors on the ``meta``
-device holds the same specialization a real launch would get, so ``styleda_fast._gpu_compile`` can compile exactly
-what a launch at a given shape runs, without a GPU and without allocating the tensors.
+device holds the same specialization a real launch would get, so ``styleda_fast.devtools.gpu_report`` can compile
+exactly what a launch at a given shape runs, without a GPU and without allocating the tensors.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import triton
 import triton.language as tl
 
 from styleda_fast.core.checks import acc_dtype
@@ -35,6 +36,11 @@ def prev_pow2(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
 
 
+def vector_warps(length: int, element_size: int, most: int) -> int:
+    """Warps for 1-D tiles of ``length`` elements: as many as leave each thread one 128-bit vector or more."""
+    return max(1, min(most, length * element_size // (16 * 32)))
+
+
 def device_guard(t: torch.Tensor):
     """Launch on t's GPU (a no-op for CPU tensors under the interpreter)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
@@ -45,7 +51,7 @@ class LaunchPlan:
     """One kernel launch, described without launching it.
 
     ``args`` are the runtime arguments in the kernel's order, ``constexprs`` the compile-time ones by name.
-    The traffic fields feed the GPU report (``styleda_fast._gpu_compile``), not the launch:
+    The traffic fields feed the GPU report (``styleda_fast.devtools.gpu_report``), not the launch:
 
     * ``bytes_moved``: bytes the whole launch reads and writes in global memory, counting every pass it makes over
       its inputs (a second pass over x counts again, whether or not L2 serves it);
@@ -87,3 +93,13 @@ def launch(plans: Sequence[LaunchPlan]) -> None:
 def nbytes(*tensors: torch.Tensor | None) -> int:
     """Bytes of the given tensors (None counts 0); works on meta tensors."""
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+@triton.jit
+def philox_normal4(seed, c0, c1, c2, c3):
+    """Four standard normals per counter (uint32 tensors), as tl.randn4x draws them from its counter: the generator
+    of the noise-drawing operators, specified by :func:`styleda_fast.ops.philox.philox_normal4`."""
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, c3)
+    n0, n1 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(r0), tl.uint_to_uniform_float(r1))
+    n2, n3 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(r2), tl.uint_to_uniform_float(r3))
+    return n0, n1, n2, n3

@@ -102,16 +102,6 @@ def style_mix_inputs(shape, grid, dtype=torch.float32, device="cpu", channels_la
     )
 
 
-def sample_inputs(device="cpu", dtypes=(torch.float32, torch.float64)) -> list[StyleMixInputs]:
-    """Every style-mix case in both layouts and the given dtypes: the one list the checks iterate over."""
-    return [
-        style_mix_inputs(shape, grid, dtype, device, channels_last, seed=k)
-        for k, (shape, grid) in enumerate(STYLE_MIX_CASES)
-        for dtype in dtypes
-        for channels_last in (False, True)
-    ]
-
-
 def random_labels(shape, num_classes=19, ignore=255, ignore_frac=0.2, block=1, seed=0, dtype=torch.int64) -> Tensor:
     """Random train ids with ignore pixels; ``block > 1`` makes spatially coherent maps (blocks of one class)."""
     gen = torch.Generator().manual_seed(seed)

@@ -30,7 +30,6 @@ from styleda_fast.ops.style_mix import local_style_mix
 
 __all__ = ["DistributionUncertainty", "MixStyle", "PermutedAdaIN", "StyleAugmentation", "StyleBankAugment"]
 
-# ---------------------------------------------------------------------------------------------- the draw operator
 
 _LAYERS: weakref.WeakValueDictionary[int, StyleAugmentation] = weakref.WeakValueDictionary()
 _KEYS = itertools.count(1)
@@ -66,9 +65,6 @@ def _draw_op_fake(key, batch, channels, labels):
     return [torch.empty((), dtype=torch.bool, device=layer._draw_device()), *layer._fake_draws(batch, channels)]
 
 
-# ---------------------------------------------------------------------------------------------- argument checks
-
-
 def _check_probability(p, name: str = "p") -> float:
     if isinstance(p, bool) or not isinstance(p, (int, float)):
         raise TypeError(f"{name} must be a number in [0, 1], got {type(p).__name__}")
@@ -96,9 +92,6 @@ def _make_generator(generator, device: torch.device) -> tuple[torch.Generator | 
     raise TypeError(f"generator must be None, an int seed or a torch.Generator, got {type(generator).__name__}")
 
 
-# ---------------------------------------------------------------------------------------------- base class
-
-
 class StyleAugmentation(nn.Module):
     """Base of the style-augmentation layers: training-mode only, probability ``p``, own generator, on/off switch.
 
@@ -110,7 +103,7 @@ class StyleAugmentation(nn.Module):
 
     def __init__(self, p: float, generator=None, generator_device: torch.device | str = "cpu") -> None:
         super().__init__()
-        self.p = _check_probability(p)
+        self.p = p
         self.generator, self.seed = _make_generator(generator, torch.device(generator_device))
         self.enabled = True
         self._key = _register(self)
@@ -119,7 +112,16 @@ class StyleAugmentation(nn.Module):
         super().__setstate__(state)
         self._key = _register(self)
 
-    # ------------------------------------------------------------------ switches
+    @property
+    def p(self) -> float:
+        """The probability of acting on a call, in ``[0, 1]``; checked on every assignment."""
+        return self._p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self._p = _check_probability(value)
+
+    # switches
 
     def enable(self) -> StyleAugmentation:
         """Switch the layer on (it acts in training mode); returns the layer."""
@@ -139,7 +141,7 @@ class StyleAugmentation(nn.Module):
     def _common_repr(self) -> str:
         return f"generator={self._generator_repr()}" + ("" if self.enabled else ", enabled=False")
 
-    # ------------------------------------------------------------------ draws
+    # draws
 
     def _draw_device(self) -> torch.device:
         return self.generator.device if self.generator is not None else torch.device("cpu")
@@ -164,7 +166,7 @@ class StyleAugmentation(nn.Module):
     def _augment(self, x: Tensor, draws: tuple[Tensor, ...]) -> Tensor:
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ forward
+    # forward
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         F.check_features(x)
@@ -186,9 +188,6 @@ class StyleAugmentation(nn.Module):
         if labels is not None:
             raise TypeError(f"{type(self).__name__} takes no labels")
         return None
-
-
-# ---------------------------------------------------------------------------------------------- MixStyle
 
 
 class MixStyle(StyleAugmentation):
@@ -239,9 +238,6 @@ class MixStyle(StyleAugmentation):
         return F.mix_style(x, perm, lam, self.eps)
 
 
-# ---------------------------------------------------------------------------------------------- PermutedAdaIN
-
-
 class PermutedAdaIN(StyleAugmentation):
     """PermutedAdaIN (Nuriel et al., CVPR 2021): AdaIN of each image toward a random other image's statistics.
 
@@ -277,9 +273,6 @@ class PermutedAdaIN(StyleAugmentation):
         return F.permuted_adain(x, draws[0], self.eps, eps_after_sqrt=self.eps_after_sqrt)
 
 
-# ---------------------------------------------------------------------------------------------- DSU
-
-
 class DistributionUncertainty(StyleAugmentation):
     """DSU (Li et al., ICLR 2022): resamples each image's feature mean and std around their batch spread.
 
@@ -313,9 +306,6 @@ class DistributionUncertainty(StyleAugmentation):
 
     def _augment(self, x, draws):
         return F.dsu(x, draws[0], draws[1], self.eps)
-
-
-# ---------------------------------------------------------------------------------------------- PODA / FAMix
 
 
 class StyleBankAugment(StyleAugmentation):

@@ -15,18 +15,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from styleda_fast.ops.style_mix.reference import patch_mean_std
+
 
 def spatial_mean_std(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Mean and ``sqrt(unbiased variance + eps)`` over the spatial positions, each ``(B, C, 1, 1)``.
 
-    One pixel has no unbiased variance (PyTorch gives NaN); it is taken as 0 here, as in the package's kernels.
+    One pixel has no unbiased variance (PyTorch gives NaN); it is taken as 0 here, as in the package's kernels: the
+    statistics of :func:`styleda_fast.ops.style_mix.reference.patch_mean_std` with one patch.
     """
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    if x.shape[2] * x.shape[3] == 1:
-        var = torch.zeros_like(mean)
-    else:
-        var = x.var(dim=(2, 3), keepdim=True)
-    return mean, (var + eps).sqrt()
+    return patch_mean_std(x, (1, 1), eps)
 
 
 def mixstyle(x: Tensor, perm: Tensor, lam: Tensor, eps: float = 1e-6) -> Tensor:
@@ -72,9 +70,7 @@ def dsu(x: Tensor, noise_mean: Tensor, noise_std: Tensor, eps: float = 1e-6) -> 
     differentiated. The public code's batch variance of a one-image batch is NaN (and so is its output); here it is
     0, so the statistics move by ``sqrt(eps)`` times the noise."""
     B, C = x.shape[:2]
-    mean = x.mean(dim=(2, 3))
-    var = x.var(dim=(2, 3)) if x.shape[2] * x.shape[3] > 1 else torch.zeros_like(mean)
-    std = (var + eps).sqrt()
+    mean, std = (t.flatten(1) for t in spatial_mean_std(x, eps))
 
     def spread(stat: Tensor) -> Tensor:
         batch_var = stat.var(dim=0, keepdim=True) if B > 1 else torch.zeros_like(stat[:1])

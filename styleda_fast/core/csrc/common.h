@@ -6,6 +6,10 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/util/Optional.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <initializer_list>
 
 #include <cstdlib>
 #include <cstring>
@@ -43,8 +47,42 @@ inline bool use_avx2_kernels() {
 #endif
 }
 
-// ---- memory layouts the kernels address directly (style_mix_cpu.cpp, class_stats_cpu.cpp; the Python rule is
-// styleda_fast.core.checks.batch_strided_layout)
+// Every tensor argument of an operator of a floating dtype, checked before anything else so that a wrong dtype is a
+// TypeError whichever argument has it (as the Python rule styleda_fast.core.checks.require_float).
+struct NamedTensor {
+  const at::Tensor& tensor;
+  const char* name;
+};
+
+inline void check_float_args(std::initializer_list<NamedTensor> args) {
+  for (const NamedTensor& a : args)
+    TORCH_CHECK_TYPE(at::isFloatingType(a.tensor.scalar_type()), "styleda_fast: ", a.name,
+                     " must be floating point, got ", a.tensor.scalar_type());
+}
+
+inline void check_float_arg(const c10::optional<at::Tensor>& t, const char* name) {
+  if (t.has_value()) check_float_args({{*t, name}});
+}
+
+// An operator's float argument (eps, sigma, feature noise): finite and in [0, float32 max], as the Python rule
+// styleda_fast.core.checks.require_scalar (the GPU kernels take it as float32).
+inline void check_scalar(double value, const char* name) {
+  TORCH_CHECK_VALUE(std::isfinite(value) && value >= 0 && value <= 3.4028234663852886e38, "styleda_fast: ", name,
+                    " must be a finite number in [0, 3.403e+38], got ", value);
+}
+
+// An output of `elements` elements of `element_size` bytes must fit in the machine's physical memory (a ValueError
+// naming the argument that sized it, before allocating), as styleda_fast.core.checks.require_fits.
+inline void check_fits(double elements, int64_t element_size, const char* name) {
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return;
+  const double limit = double(pages) * double(page_size), bytes = elements * double(element_size);
+  TORCH_CHECK_VALUE(bytes <= limit, "styleda_fast: ", name, ": the output would need ", bytes / 1073741824.0,
+                    " GiB, more than the ", limit / 1073741824.0, " GiB of memory of cpu");
+}
+
+// Memory layouts the kernels address directly (style_mix_cpu.cpp, class_stats_cpu.cpp; the Python rule is
+// styleda_fast.core.checks.batch_strided_layout).
 
 enum class Layout { kNCHW, kNHWC };
 

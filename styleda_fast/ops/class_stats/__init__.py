@@ -16,7 +16,6 @@ from torch import Tensor
 
 from styleda_fast.core.backend import run_op, select_backend
 from styleda_fast.core.checks import (
-    acc_dtype,
     check_bool,
     check_eps,
     check_features,
@@ -27,12 +26,9 @@ from styleda_fast.core.checks import (
     kernel_layout,
     normalize_grid,
 )
-from styleda_fast.ops.class_stats import _ops, reference  # noqa: F401  (_ops registers the operators' glue)
+from styleda_fast.ops.class_stats import _ops
 
 __all__ = ["class_mean_std", "labels_to_size", "patch_dominant_class"]
-
-# Above this many classes, CUDA tensors take the plain-PyTorch histogram (bincount) instead of the Triton kernel.
-TRITON_MAX_CLASSES = 1024
 
 
 def patch_dominant_class(
@@ -63,23 +59,10 @@ def patch_dominant_class(
     num_classes = check_num_classes(num_classes)
     ignore_index = check_ignore_index(ignore_index, num_classes)
     check_bool(count_ignore, "count_ignore")
-    backend = select_backend(labels.device)
-    if backend != "cpp":
+    if select_backend(labels.device) != "cpp":
         # the C++ kernel checks every label as it counts (one read of the map) and raises the same ValueError
         check_label_values(labels, num_classes, ignore_index)
-
-    def run_reference():
-        return reference.patch_dominant_class_bincount(labels, (gh, gw), num_classes, ignore_index, count_ignore)
-
-    if backend == "triton" and num_classes > TRITON_MAX_CLASSES:
-        return run_reference()  # the Triton kernel keeps one counter per class in registers
-    return run_op(
-        "class_stats",
-        "patch_dominant_class",
-        labels.device,
-        (labels, gh, gw, num_classes, ignore_index, count_ignore),
-        run_reference,
-    )
+    return run_op(_ops.PATCH_DOMINANT_CLASS, labels, gh, gw, num_classes, ignore_index, count_ignore)
 
 
 def labels_to_size(labels: Tensor, size: tuple[int, int]) -> Tensor:
@@ -87,7 +70,8 @@ def labels_to_size(labels: Tensor, size: tuple[int, int]) -> Tensor:
 
     Output pixel ``(h, w)`` takes input pixel ``(floor(h*Hl/H), floor(w*Wl/W))`` in exact integer arithmetic (what
     ``F.interpolate(mode="nearest")`` computes in floating point); 768 -> 192 takes every 4th pixel. Returns
-    ``(B, H, W)`` in labels' dtype; labels itself when the size already matches.
+    ``(B, H, W)`` in labels' dtype; labels itself when the size already matches. ``ValueError`` for labels
+    without a pixel (``Hl`` or ``Wl`` 0) or a size below 1.
     """
     check_labels(labels)
     if (
@@ -100,6 +84,8 @@ def labels_to_size(labels: Tensor, size: tuple[int, int]) -> Tensor:
         raise ValueError(f"size must be positive, got {tuple(size)}")
     H, W = size
     Hl, Wl = labels.shape[1:]
+    if Hl == 0 or Wl == 0:
+        raise ValueError(f"labels must have at least one pixel to resize, got shape {tuple(labels.shape)}")
     if (H, W) == (Hl, Wl):
         return labels
     rows = torch.arange(H, device=labels.device) * Hl // H
@@ -151,12 +137,4 @@ def class_mean_std(
         )
     check_label_values(labels, num_classes, ignore_index)
     x = kernel_layout(x)  # NCHW or channels-last images, any batch stride: read in place; else an NCHW copy
-    labels = labels.contiguous()
-
-    def run_reference():  # in float64 (the specification), returned in the kernels' dtype
-        mean, std, count = reference.class_mean_std(x.double(), labels, num_classes, ignore_index, eps)
-        return mean.to(acc_dtype(x.dtype)), std.to(acc_dtype(x.dtype)), count
-
-    if select_backend(x.device) == "triton" and num_classes > TRITON_MAX_CLASSES:
-        return run_reference()  # the Triton kernel keeps one slot per class in registers
-    return run_op("class_stats", "class_mean_std", x.device, (x, labels, num_classes, eps), run_reference)
+    return run_op(_ops.CLASS_MEAN_STD, x, labels.contiguous(), num_classes, eps)

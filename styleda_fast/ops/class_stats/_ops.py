@@ -1,11 +1,12 @@
-"""torch.library glue of the class-statistics operators: fake kernels and autograd; CUDA runs ``_triton.py``.
-
-The schemas and CPU kernels live in ``class_stats_cpu.cpp`` beside this file.
+"""Declarations of the class-statistics operators (:class:`styleda_fast.core.library.Operator`): argument rules,
+fake kernels, references, autograd and the Triton class limit. CPU runs the C++ kernels of ``class_stats_cpu.cpp``
+beside this file (schemas there), CUDA the Triton launchers of ``_triton.py``.
 
 ``class_mean_std`` is differentiable with respect to ``x``. Its backward is a few plain tensor operations
-(gathering each pixel's per-class coefficients), so it runs on every device and traces under ``torch.compile``:
-``d mean/dx = 1/n`` and ``d std/dx = (x - mean) / ((n - 1) * std)`` for the pixels of the class (0 for classes
-with fewer than 2 pixels, whose variance is defined as 0). ``patch_dominant_class`` is integer-valued: no gradient.
+(gathering each pixel's per-class coefficients), so it runs on every device, traces under ``torch.compile`` and is
+itself differentiable: ``d mean/dx = 1/n`` and ``d std/dx = (x - mean) / ((n - 1) * std)`` for the pixels of the
+class (0 for classes with fewer than 2 pixels, whose variance is defined as 0). ``patch_dominant_class`` is
+integer-valued: no gradient.
 """
 
 from __future__ import annotations
@@ -13,32 +14,86 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from styleda_fast.core.checks import MAX_CLASSES, acc_dtype, require, require_float
-from styleda_fast.core.library import register_family
+from styleda_fast.core.checks import MAX_CLASSES, acc_dtype, require, require_float, require_scalar
+from styleda_fast.core.library import Operator, register
+from styleda_fast.ops.class_stats import reference
 
-# ---------------------------------------------------------------- fake kernels (shapes and dtypes only)
+# The Triton kernels keep one counter (patch_dominant_class) or one slot (class_mean_std) per class in registers;
+# above this many classes the operators run the plain-PyTorch reference on CUDA tensors.
+TRITON_MAX_CLASSES = 1024
+
+# argument rules
+
+
+def _check_labels_op(labels) -> None:
+    require(isinstance(labels, Tensor), "labels must be a tensor", TypeError)
+    integer = not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool)
+    require(integer, f"labels must be an integer tensor, got {labels.dtype}", TypeError)
+    require(labels.dim() == 3, f"labels must be 3-D (B, H, W), got {labels.dim()} dims")
+
+
+def _check_num_classes_op(num_classes) -> None:
+    require(1 <= num_classes <= MAX_CLASSES, f"num_classes must be in [1, {MAX_CLASSES}], got {num_classes}")
+
+
+def _check_patch_dominant_class(labels, grid_h, grid_w, num_classes, ignore_index, count_ignore):
+    _check_labels_op(labels)
+    _check_num_classes_op(num_classes)
+    require(
+        1 <= grid_h <= labels.shape[1] and 1 <= grid_w <= labels.shape[2],
+        f"grid ({grid_h}, {grid_w}) must be >= 1 and <= (H, W) = ({labels.shape[1]}, {labels.shape[2]})",
+    )
+
+
+def _check_class_mean_std(x, labels, num_classes, eps):
+    require_float(x, "x")
+    require_scalar(eps, "eps")
+    require(x.dim() == 4, f"x must be 4-D (B, C, H, W), got {x.dim()} dims")
+    _check_labels_op(labels)
+    _check_num_classes_op(num_classes)
+    require(
+        labels.shape == (x.shape[0], x.shape[2], x.shape[3]) and labels.device == x.device,
+        f"labels must be (B, H, W) = {(x.shape[0], x.shape[2], x.shape[3])} on x's device, got {tuple(labels.shape)}",
+    )
+
+
+def _triton_class_limit(*args) -> str | None:
+    num_classes = args[3] if len(args) == 6 else args[2]
+    if num_classes > TRITON_MAX_CLASSES:
+        return f"the Triton kernels hold at most {TRITON_MAX_CLASSES} classes, got {num_classes}"
+    return None
+
+
+# fake kernels (the arguments are checked first)
 
 
 def _patch_dominant_class_fake(labels, grid_h, grid_w, num_classes, ignore_index, count_ignore):
-    torch._check(labels.dim() == 3, lambda: f"labels must be (B, H, W), got {labels.dim()} dims")
-    torch._check(not labels.is_floating_point(), lambda: f"labels must be integer, got {labels.dtype}")
-    torch._check(1 <= grid_h <= labels.shape[1] and 1 <= grid_w <= labels.shape[2], lambda: "grid must fit labels")
     return labels.new_empty((labels.shape[0], grid_h, grid_w), dtype=torch.int64)
 
 
 def _class_mean_std_fake(x, labels, num_classes, eps):
-    torch._check(x.dim() == 4, lambda: f"x must be (B, C, H, W), got {x.dim()} dims")
-    torch._check(x.is_floating_point(), lambda: f"x must be floating point, got {x.dtype}")
-    torch._check(labels.dim() == 3, lambda: "labels must be (B, H, W)")
-    torch._check(
-        labels.shape[0] == x.shape[0] and labels.shape[1] == x.shape[2] and labels.shape[2] == x.shape[3],
-        lambda: "labels must match x's (B, H, W)",
-    )
     mean = x.new_empty((x.shape[0], num_classes, x.shape[1]), dtype=acc_dtype(x.dtype))
     return mean, torch.empty_like(mean), x.new_empty((x.shape[0], num_classes), dtype=torch.int64)
 
 
-# ---------------------------------------------------------------- autograd of class_mean_std
+# references, with the operators' arguments and outputs (labels outside [0, K) are skipped, as in the kernels)
+
+
+def _patch_dominant_class_reference(labels, grid_h, grid_w, num_classes, ignore_index, count_ignore):
+    return reference.patch_dominant_class_bincount(labels, (grid_h, grid_w), num_classes, ignore_index, count_ignore)
+
+
+def _class_mean_std_reference(x, labels, num_classes, eps):
+    """In float64 (the specification), returned in the kernels' dtype."""
+    labels = labels.long()
+    skipped = (labels < 0) | (labels >= num_classes)
+    ignore = -1
+    mean, std, count = reference.class_mean_std(x.double(), labels.masked_fill(skipped, ignore), num_classes, ignore,
+                                                eps)  # fmt: skip
+    return mean.to(acc_dtype(x.dtype)), std.to(acc_dtype(x.dtype)), count
+
+
+# autograd of class_mean_std
 
 
 def class_mean_std_grad_x(grad_mean, grad_std, x, labels, mean, std, count) -> Tensor:
@@ -69,6 +124,7 @@ def class_mean_std_grad_x(grad_mean, grad_std, x, labels, mean, std, count) -> T
 def _class_mean_std_setup(ctx, inputs, output):
     x, labels, _num_classes, _eps = inputs
     ctx.save_for_backward(x, labels, *output)
+    ctx.mark_non_differentiable(output[2])
 
 
 def _class_mean_std_backward(ctx, grad_mean, grad_std, _grad_count):
@@ -78,44 +134,25 @@ def _class_mean_std_backward(ctx, grad_mean, grad_std, _grad_count):
     return class_mean_std_grad_x(grad_mean, grad_std, x, labels, mean, std, count), None, None, None
 
 
-# ---------------------------------------------------------------- argument checks of direct operator calls
+# declarations
 
-
-def _check_labels_op(labels) -> None:
-    require(isinstance(labels, Tensor), "labels must be a tensor", TypeError)
-    integer = not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool)
-    require(integer, f"labels must be an integer tensor, got {labels.dtype}", TypeError)
-    require(labels.dim() == 3, f"labels must be 3-D (B, H, W), got {labels.dim()} dims")
-
-
-def _check_num_classes_op(num_classes) -> None:
-    require(1 <= num_classes <= MAX_CLASSES, f"num_classes must be in [1, {MAX_CLASSES}], got {num_classes}")
-
-
-def _check_patch_dominant_class(labels, grid_h, grid_w, num_classes, ignore_index, count_ignore):
-    _check_labels_op(labels)
-    _check_num_classes_op(num_classes)
-    require(
-        1 <= grid_h <= labels.shape[1] and 1 <= grid_w <= labels.shape[2],
-        f"grid ({grid_h}, {grid_w}) must be >= 1 and <= (H, W) = ({labels.shape[1]}, {labels.shape[2]})",
-    )
-
-
-def _check_class_mean_std(x, labels, num_classes, eps):
-    require_float(x, "x")
-    require(x.dim() == 4, f"x must be 4-D (B, C, H, W), got {x.dim()} dims")
-    _check_labels_op(labels)
-    _check_num_classes_op(num_classes)
-    require(
-        labels.shape == (x.shape[0], x.shape[2], x.shape[3]) and labels.device == x.device,
-        f"labels must be (B, H, W) = {(x.shape[0], x.shape[2], x.shape[3])} on x's device, got {tuple(labels.shape)}",
-    )
-
-
-CHECKS = {"patch_dominant_class": _check_patch_dominant_class, "class_mean_std": _check_class_mean_std}
-
-# ---------------------------------------------------------------- registration
-
-FAKES = {"patch_dominant_class": _patch_dominant_class_fake, "class_mean_std": _class_mean_std_fake}
-AUTOGRAD = {"class_mean_std": (_class_mean_std_backward, _class_mean_std_setup)}
-register_family("class_stats", FAKES, AUTOGRAD, CHECKS)
+PATCH_DOMINANT_CLASS = Operator(
+    "patch_dominant_class",
+    "class_stats",
+    _check_patch_dominant_class,
+    _patch_dominant_class_fake,
+    reference=_patch_dominant_class_reference,
+    triton_limit=_triton_class_limit,
+)
+CLASS_MEAN_STD = Operator(
+    "class_mean_std",
+    "class_stats",
+    _check_class_mean_std,
+    _class_mean_std_fake,
+    reference=_class_mean_std_reference,
+    backward=_class_mean_std_backward,
+    setup_context=_class_mean_std_setup,
+    double_backward="backward",
+    triton_limit=_triton_class_limit,
+)
+register(PATCH_DOMINANT_CLASS, CLASS_MEAN_STD)

@@ -341,7 +341,7 @@ def class_mean_std(
     mean = torch.empty((B, K, C), dtype=acc, device=x.device)
     std = torch.empty_like(mean)
     count = torch.zeros((B, K), dtype=torch.int64, device=x.device)
-    if B * C == 0:
+    if x.numel() == 0:  # no image, channel or pixel: every class absent, as in the C++ kernel
         return mean.zero_(), std.zero_(), count
     launch(plan_class_mean_std(x, labels, mean, std, count, K, eps))
     return mean, std, count

@@ -131,7 +131,8 @@ void dominant_class_kernel(const L* labels, int64_t* out, int64_t batch, int64_t
 at::Tensor patch_dominant_class_cpu(const at::Tensor& labels_in, int64_t gh, int64_t gw, int64_t num_classes,
                                     int64_t ignore_index, bool count_ignore) {
   check_labels(labels_in, "labels");
-  TORCH_CHECK_VALUE(num_classes >= 1, "styleda_fast: num_classes must be >= 1, got ", num_classes);
+  TORCH_CHECK_VALUE(num_classes >= 1 && num_classes <= (int64_t(1) << 20),
+                    "styleda_fast: num_classes must be in [1, 1048576], got ", num_classes);
   TORCH_CHECK_VALUE(gh >= 1 && gw >= 1 && gh <= labels_in.size(1) && gw <= labels_in.size(2), "styleda_fast: grid (", gh,
               ", ", gw, ") must be >= 1 and <= the label size (", labels_in.size(1), ", ", labels_in.size(2), ")");
   const at::Tensor labels = labels_in.contiguous();
@@ -307,7 +308,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> class_mean_std_cpu(const at::Tens
                   labels_in.size(2) == x_in.size(3),
               "styleda_fast: labels must be (B, H, W) = (", x_in.size(0), ", ", x_in.size(2), ", ", x_in.size(3),
               ") to match x, got ", labels_in.sizes());
-  TORCH_CHECK_VALUE(num_classes >= 1, "styleda_fast: num_classes must be >= 1, got ", num_classes);
+  TORCH_CHECK_VALUE(num_classes >= 1 && num_classes <= (int64_t(1) << 20),
+                    "styleda_fast: num_classes must be in [1, 1048576], got ", num_classes);
+  check_scalar(eps, "eps");
   // x in place when its images are NCHW or NHWC with any batch stride (a token grid), else an NCHW copy
   const at::Tensor x = kernel_input(x_in), labels = labels_in.contiguous();
   const MemoryLayout layout = *memory_layout(x);

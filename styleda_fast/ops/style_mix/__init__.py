@@ -26,7 +26,7 @@ from styleda_fast.core.checks import (
     normalize_grid,
     per_patch,
 )
-from styleda_fast.ops.style_mix import _ops, reference  # noqa: F401  (_ops registers the operators' glue)
+from styleda_fast.ops.style_mix import _ops
 from styleda_fast.ops.style_mix.reference import patch_bounds
 
 __all__ = ["local_style_mix", "patch_bounds", "patch_mean_std"]
@@ -49,13 +49,7 @@ def patch_mean_std(x: Tensor, grid: int | tuple[int, int] = 1, eps: float = 1e-5
     gh, gw = normalize_grid(grid, x.shape[2], x.shape[3])
     eps = check_eps(eps)
     x = kernel_layout(x)
-    mean, std = run_op(
-        "style_mix",
-        "patch_mean_std",
-        x.device,
-        (x, gh, gw, eps),
-        lambda: reference.patch_mean_std(x.to(acc_dtype(x.dtype)), (gh, gw), eps),
-    )
+    mean, std = run_op(_ops.PATCH_MEAN_STD, x, gh, gw, eps)
     return mean.to(x.dtype), std.to(x.dtype)
 
 
@@ -111,18 +105,7 @@ def local_style_mix(
     if out is not None:
         return _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, (style_mean, style_std))
     x = kernel_layout(x)
-    out, _mean, _std = run_op(
-        "style_mix",
-        "local_style_mix",
-        x.device,
-        (x, target_mean, target_std, mix, gh, gw, relu, eps),
-        lambda: (
-            reference.local_style_mix(x.to(acc), target_mean, target_std, (gh, gw), mix, activation, eps),
-            None,
-            None,
-        ),
-    )
-    return out.to(x.dtype)
+    return run_op(_ops.LOCAL_STYLE_MIX, x, target_mean, target_std, mix, gh, gw, relu, eps)[0]
 
 
 def _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, originals) -> Tensor:
@@ -155,16 +138,7 @@ def _style_mix_into(x, target_mean, target_std, mix, gh, gw, relu, eps, out, ori
     target_mean, target_std, mix = (
         t.clone() if t is not None and _overlaps(t, out) else t for t in (target_mean, target_std, mix)
     )
-    activation = "relu" if relu else None
-    run_op(
-        "style_mix",
-        "local_style_mix_into",
-        x.device,
-        (x, target_mean, target_std, mix, gh, gw, relu, eps, out),
-        lambda: out.copy_(
-            reference.local_style_mix(x.to(acc_dtype(x.dtype)), target_mean, target_std, (gh, gw), mix, activation, eps)
-        ),
-    )
+    run_op(_ops.LOCAL_STYLE_MIX_INTO, x, target_mean, target_std, mix, gh, gw, relu, eps, out)
     return out
 
 

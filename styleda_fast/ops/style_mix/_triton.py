@@ -2,8 +2,8 @@
 
 Same operators, signatures and numbers as the C++ CPU kernels in ``style_mix_cpu.cpp`` (math: ``README.md``;
 specification: ``reference.py``). These are plain launchers without autograd, registered as the operators' CUDA
-kernels; ``_ops.check_arguments`` validates every call before a launch, whether it came through the public API or
-straight through ``torch.ops.styleda_fast``.
+kernels; the operators' declarations (``_ops.py``) check every call before a launch, whether it came through the
+public API or straight through ``torch.ops.styleda_fast``.
 
 Design:
 
@@ -45,7 +45,7 @@ MAX_TILE_ELEMENTS = 4096
 _CHANNEL_LINE_BYTES = 128
 
 
-# ============================================ kernels ============================================
+# kernels
 
 
 @triton.jit
@@ -443,7 +443,7 @@ def _style_mix_backward_kernel(
                 tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
-# ============================================ launchers ============================================
+# launchers
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:

@@ -307,6 +307,7 @@ at::Tensor patch_stats_like(const PatchGrid& g, const at::Tensor& x) {
 std::tuple<at::Tensor, at::Tensor> patch_mean_std_cpu(const at::Tensor& x_in, int64_t gh, int64_t gw, double eps) {
   check_input(x_in);
   check_grid(x_in, gh, gw);
+  check_scalar(eps, "eps");
   const at::Tensor x = kernel_input(x_in);
   const PatchGrid g(x, gh, gw);
   at::Tensor mean = patch_stats_like(g, x), std = at::empty_like(mean);
@@ -326,8 +327,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_style_mix_cpu(const at::Ten
                                                                    const at::Tensor& target_std,
                                                                    const c10::optional<at::Tensor>& mix, int64_t gh,
                                                                    int64_t gw, bool relu, double eps) {
+  check_float_args({{x_in, "x"}, {target_mean, "target_mean"}, {target_std, "target_std"}});
+  check_float_arg(mix, "mix");
   check_input(x_in);
   check_grid(x_in, gh, gw);
+  check_scalar(eps, "eps");
   const at::Tensor x = kernel_input(x_in);
   const PatchGrid g(x, gh, gw);
   check_style_args(g, acc_dtype(x), target_mean, target_std, mix);
@@ -346,8 +350,11 @@ bool same_inner_layout(const at::Tensor& t, const at::Tensor& x) {
 void local_style_mix_into_cpu(const at::Tensor& x, const at::Tensor& target_mean, const at::Tensor& target_std,
                               const c10::optional<at::Tensor>& mix, int64_t gh, int64_t gw, bool relu, double eps,
                               at::Tensor out) {
+  check_float_args({{x, "x"}, {target_mean, "target_mean"}, {target_std, "target_std"}, {out, "out"}});
+  check_float_arg(mix, "mix");
   check_input(x);
   check_grid(x, gh, gw);
+  check_scalar(eps, "eps");
   layout_of(x);
   TORCH_CHECK_VALUE(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() && out.device() == x.device(),
                     "styleda_fast: out must have x's shape, dtype and device");
@@ -404,6 +411,7 @@ at::Tensor like_layout(const at::Tensor& t, const at::Tensor& x) {
 
 at::Tensor patch_mean_std_backward_cpu(const at::Tensor& grad_mean, const at::Tensor& grad_std, const at::Tensor& x_in,
                                        const at::Tensor& mean, const at::Tensor& std) {
+  check_float_args({{grad_mean, "grad_mean"}, {grad_std, "grad_std"}, {x_in, "x"}, {mean, "mean"}, {std, "std"}});
   check_input(x_in);
   check_grid(x_in, mean.size(2), mean.size(3));
   const at::Tensor x = kernel_input(x_in);
@@ -446,6 +454,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_style_mix_backward_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& std,
     const at::Tensor& target_mean, const at::Tensor& target_std, const c10::optional<at::Tensor>& mix, bool relu,
     bool compute_grad_x) {
+  check_float_args({{grad_out_in, "grad_out"}, {x_in, "x"}, {mean, "mean"}, {std, "std"}, {target_mean, "target_mean"},
+                    {target_std, "target_std"}});
+  check_float_arg(mix, "mix");
   const auto [x, grad_out, g] = transfer_backward_inputs(grad_out_in, x_in, mean, std, target_mean, target_std, mix);
   at::Tensor grad_mixed_mean = at::empty_like(mean), grad_mixed_std = at::empty_like(mean);
   at::Tensor grad_x = compute_grad_x ? empty_output_like(x) : at::empty({0}, x.options());
@@ -459,6 +470,10 @@ at::Tensor local_style_mix_grad_x_cpu(const at::Tensor& grad_out_in, const at::T
                                       const at::Tensor& target_std, const c10::optional<at::Tensor>& mix,
                                       const at::Tensor& sum_grad, const at::Tensor& sum_grad_xn,
                                       const at::Tensor& grad_mean, const at::Tensor& grad_std, bool relu) {
+  check_float_args({{grad_out_in, "grad_out"}, {x_in, "x"}, {mean, "mean"}, {std, "std"}, {target_mean, "target_mean"},
+                    {target_std, "target_std"}, {sum_grad, "sum_grad"}, {sum_grad_xn, "sum_grad_xn"},
+                    {grad_mean, "grad_mean"}, {grad_std, "grad_std"}});
+  check_float_arg(mix, "mix");
   const auto [x, grad_out, g] = transfer_backward_inputs(grad_out_in, x_in, mean, std, target_mean, target_std, mix);
   const auto acc = acc_dtype(x);
   check_patch_param(sum_grad, "sum_grad", g, acc);

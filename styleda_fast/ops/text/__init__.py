@@ -1,11 +1,11 @@
-"""Public API of the text family (the math: ``README.md`` next to this file).
+"""Public API of the text family: CLIP text targets, their noisy projections and the style-mining loss (the math:
+``README.md`` next to this file). ``noisy_style_features`` lives in :mod:`styleda_fast.ops.feature_noise` (a
+feature-side operator) and is re-exported here.
 
 * :func:`encode_prompts`: CLIP text targets, one per description, averaged over prompt templates (PODA/FAMix).
 * :func:`noisy_text_projection`: Gaussian noise on the text targets, projected back to the unit sphere, drawn from a
   seed inside one fused kernel (the hypothesis the package was made to test).
 * :func:`clip_cosine_loss`: the style-mining loss ``mean(1 - cos(image, text))``, forward and backward fused.
-* :func:`noisy_style_features`: the synthesized features of style mining, ``relu(std * xn + mean)``, plus fresh
-  seeded noise on every call (the second hypothesis), without storing the noise.
 
 Noise and seeds. The kernels draw standard normals with a counter-based generator (Philox4x32-10, keyed by a 64-bit
 seed, with a counter naming the element), so a result depends only on ``(seed, offset)`` and the input, never on
@@ -28,39 +28,18 @@ from torch import Tensor
 
 from styleda_fast.core.backend import run_op
 from styleda_fast.core.checks import (
-    acc_dtype,
     check_bool,
-    check_features,
     check_float_tensor,
     check_int,
     check_number,
-    per_item,
+    require_fits,
 )
-from styleda_fast.ops.text import _ops, reference  # noqa: F401  (_ops registers the operators' glue)
+from styleda_fast.ops.feature_noise import noisy_style_features
+from styleda_fast.ops.philox import draw_seed, resolve_seed
+from styleda_fast.ops.text import _ops
 from styleda_fast.ops.text.prompts import IMAGENET_TEMPLATES
 
 __all__ = ["clip_cosine_loss", "draw_seed", "encode_prompts", "noisy_style_features", "noisy_text_projection"]
-
-_SEED_BOUND = 2**63 - 1
-
-
-def draw_seed(generator: torch.Generator | None = None) -> int:
-    """A seed in ``[0, 2^63 - 1)`` drawn from ``generator`` (default: torch's global CPU generator)."""
-    device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(0, _SEED_BOUND, (), generator=generator, device=device))
-
-
-def _resolve_seed(seed, generator) -> int:
-    if seed is not None and generator is not None:
-        raise ValueError("give seed or generator, not both")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if seed is None:
-        return draw_seed(generator)
-    return check_int(seed, "seed", 0, _SEED_BOUND - 1)
-
-
-# ---------------------------------------------------------------- encode_prompts
 
 
 def encode_prompts(
@@ -125,9 +104,6 @@ def encode_prompts(
     return F.normalize(sums / T, dim=-1)
 
 
-# ---------------------------------------------------------------- noisy_text_projection
-
-
 def noisy_text_projection(
     text: Tensor,
     sigma: float,
@@ -164,20 +140,10 @@ def noisy_text_projection(
         raise ValueError(f"text must be (K, D) or (D,), got shape {tuple(text.shape)}")
     sigma = check_number(sigma, "sigma")
     samples = check_int(samples, "samples", 1, 2**31 - 1)
+    require_fits((text.shape[0], samples, text.shape[1]), text.dtype, text.device, "samples")
     offset = check_int(offset, "offset", 0, 2**32 - samples)
-    seed = _resolve_seed(seed, generator)
-    text = text.contiguous()
-
-    def run_reference():
-        acc = acc_dtype(text.dtype)
-        eps = reference.text_noise(text.shape[0], samples, text.shape[1], seed, offset).to(text.device, acc)
-        return reference.noisy_text_projection(text.to(acc), sigma, eps).to(text.dtype), None
-
-    args = (text, sigma, samples, seed, offset)
-    return run_op("text", "noisy_text_projection", text.device, args, run_reference)[0]
-
-
-# ---------------------------------------------------------------- clip_cosine_loss
+    seed = resolve_seed(seed, generator)
+    return run_op(_ops.NOISY_TEXT_PROJECTION, text.contiguous(), sigma, samples, seed, offset)[0]
 
 
 def clip_cosine_loss(image_features: Tensor, text_targets: Tensor, *, detach_norm: bool = False) -> Tensor:
@@ -214,62 +180,4 @@ def clip_cosine_loss(image_features: Tensor, text_targets: Tensor, *, detach_nor
         )
     image = image_features.contiguous()
     text = text_targets.to(image.dtype).expand(B, D).contiguous()
-    acc = acc_dtype(image_features.dtype)
-    loss = run_op(
-        "text",
-        "clip_cosine_loss",
-        image.device,
-        (image, text),
-        lambda: reference.clip_cosine_loss(image_features.to(acc), text_targets.to(acc), detach_norm),
-    )
-    return loss.to(image_features.dtype)
-
-
-# ---------------------------------------------------------------- noisy_style_features
-
-
-def noisy_style_features(
-    xn: Tensor,
-    mean: Tensor,
-    std: Tensor,
-    feature_noise: float,
-    *,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    offset: int = 0,
-) -> Tensor:
-    """Synthesized features of style mining with fresh noise: ``relu(std * xn + mean) + feature_noise * eps``.
-
-    ``xn`` is the normalized content (``(x - mean0) / std0``), ``mean``/``std`` the trainable style;
-    ``eps ~ N(0, 1)`` per element is drawn inside the kernel from ``(seed, offset)`` (a new seed per call by default,
-    so each optimization step gets a new draw). The noise is added after the ReLU (the synthesized features are
-    perturbed, not the style), so the backward needs only the ReLU mask, recomputed from ``xn``, ``mean`` and
-    ``std``: the noise is neither stored nor regenerated. The ``std >= 0`` clamp of PODA's PIN stays with the caller.
-
-    Args:
-        xn: ``(B, C, H, W)`` float16/bfloat16/float32/float64 (made contiguous).
-        mean, std: ``(C,)``, ``(B, C)`` or ``(B, C, 1, 1)`` (PODA's/FAMix's parameter shape).
-        feature_noise: standard deviation of the added noise, ``>= 0`` (``0``: plain ``relu(std*xn + mean)``).
-        seed: 64-bit seed in ``[0, 2^63 - 1)``; default: drawn from ``generator`` (torch's global one if None).
-        generator: where to draw the seed from when ``seed`` is None.
-        offset: stream number in ``[0, 2^32)``, e.g. the step, for a fixed seed (same seed and offset, same noise).
-    Returns:
-        ``(B, C, H, W)`` in xn's dtype. Differentiable with respect to ``xn``, ``mean`` and ``std`` (gradients in
-        their own shapes). CPU and CUDA draw different (equally distributed) noise for one seed.
-    """
-    check_features(xn, "xn")
-    B, C = xn.shape[:2]
-    acc = acc_dtype(xn.dtype)
-    mean = per_item(mean, "mean", B, C, xn.device, acc)
-    std = per_item(std, "std", B, C, xn.device, acc)
-    feature_noise = check_number(feature_noise, "feature_noise")
-    offset = check_int(offset, "offset", 0, 2**32 - 1)
-    seed = _resolve_seed(seed, generator)
-    xn = xn.contiguous()
-
-    def run_reference():
-        eps = reference.feature_noise(xn.numel(), seed, offset).view(xn.shape).to(xn.device, acc)
-        return reference.noisy_style_features(xn.to(acc), mean, std, feature_noise, eps).to(xn.dtype)
-
-    args = (xn, mean, std, feature_noise, seed, offset)
-    return run_op("text", "noisy_style_features", xn.device, args, run_reference)
+    return run_op(_ops.CLIP_COSINE_LOSS, image, text).to(image_features.dtype)

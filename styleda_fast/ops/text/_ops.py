@@ -1,116 +1,20 @@
-"""torch.library glue of the text-family operators: fake kernels and autograd; CUDA runs ``_triton.py``.
+"""Declarations of the text-family operators (:class:`styleda_fast.core.library.Operator`): argument rules, fake
+kernels, references and autograd. CPU runs the C++ kernels of ``text_cpu.cpp`` beside this file (schemas there),
+CUDA the Triton launchers of ``_triton.py``.
 
-The schemas and CPU kernels live in ``text_cpu.cpp`` beside this file.
+The kernels' gradients have no second derivative: differentiating them raises a clear error (the backward
+kernels carry no graph).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
-from styleda_fast.core.checks import acc_dtype, require, require_float, require_params
-from styleda_fast.core.library import once_differentiable, op_namespace, register_family
+from styleda_fast.core.checks import acc_dtype, require, require_fits, require_float, require_params, require_scalar
+from styleda_fast.core.library import Operator, op_namespace, register
+from styleda_fast.ops.text import reference
 
-# ---------------------------------------------------------------- fake kernels (shapes and dtypes only)
-
-
-def _check_rows(t, name: str) -> None:
-    torch._check(t.dim() == 2, lambda: f"{name} must be (rows, D), got {t.dim()} dims")
-    torch._check(t.is_floating_point(), lambda: f"{name} must be floating point, got {t.dtype}")
-
-
-def _noisy_text_projection_fake(text, sigma, samples, seed, offset):
-    _check_rows(text, "text")
-    torch._check(samples >= 1, lambda: "samples must be >= 1")
-    K, D = text.shape
-    return text.new_empty((K, samples, D)), text.new_empty((K, samples), dtype=acc_dtype(text.dtype))
-
-
-def _noisy_text_projection_backward_fake(grad_out, text, out, norm):
-    _check_rows(text, "text")
-    return torch.empty_like(text)
-
-
-def _clip_cosine_loss_fake(image, text):
-    _check_rows(image, "image")
-    torch._check(image.shape == text.shape, lambda: "image and text must have the same shape")
-    return image.new_empty((), dtype=acc_dtype(image.dtype))
-
-
-def _clip_cosine_loss_backward_fake(grad_loss, image, text, compute_grad_text):
-    _check_rows(image, "image")
-    return torch.empty_like(image), torch.empty_like(text) if compute_grad_text else text.new_empty(0)
-
-
-def _noisy_style_features_fake(xn, mean, std, feature_noise, seed, offset):
-    torch._check(xn.dim() >= 2, lambda: "xn must be (B, C, ...)")
-    torch._check(mean.shape == (xn.shape[0], xn.shape[1]), lambda: "mean must be (B, C)")
-    torch._check(std.shape == mean.shape, lambda: "std must be (B, C)")
-    return torch.empty_like(xn)
-
-
-def _noisy_style_features_backward_fake(grad_out, xn, mean, std, compute_grad_xn):
-    grad_xn = torch.empty_like(xn) if compute_grad_xn else xn.new_empty(0)
-    return grad_xn, torch.empty_like(mean), torch.empty_like(std)
-
-
-# ---------------------------------------------------------------- autograd
-
-
-def _noisy_text_projection_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], output[0], output[1])
-    ctx.mark_non_differentiable(output[1])
-
-
-def _noisy_text_projection_backward(ctx, grad_out, _grad_norm):
-    """Gradient with respect to text; only out and the norms are saved (the noise is never stored)."""
-    text, out, norm = ctx.saved_tensors
-    if grad_out is None or not ctx.needs_input_grad[0]:
-        return None, None, None, None, None
-    grad_text = op_namespace(ctx).noisy_text_projection_backward(grad_out.contiguous(), text, out, norm)
-    return *once_differentiable("noisy_text_projection", (grad_text,)), None, None, None, None
-
-
-def _clip_cosine_loss_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1])
-
-
-def _clip_cosine_loss_backward(ctx, grad_loss):
-    """``(grad_image, grad_text)``; the row norms and cosines are recomputed (nothing but the inputs is saved)."""
-    image, text = ctx.saved_tensors
-    need_image, need_text = ctx.needs_input_grad[:2]
-    if grad_loss is None or not (need_image or need_text):
-        return None, None
-    grad_image, grad_text = op_namespace(ctx).clip_cosine_loss_backward(grad_loss, image, text, need_text)
-    return once_differentiable(
-        "clip_cosine_loss", (grad_image if need_image else None, grad_text if need_text else None)
-    )
-
-
-def _noisy_style_features_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1], inputs[2])
-
-
-def _noisy_style_features_backward(ctx, grad_out):
-    """``(grad_xn, grad_mean, grad_std)``: the ReLU mask is recomputed from the inputs; no noise is needed."""
-    xn, mean, std = ctx.saved_tensors
-    need_xn, need_mean, need_std = ctx.needs_input_grad[:3]
-    if grad_out is None or not (need_xn or need_mean or need_std):
-        return (None,) * 6
-    grad_xn, grad_mean, grad_std = op_namespace(ctx).noisy_style_features_backward(
-        grad_out.contiguous(), xn, mean, std, need_xn
-    )
-    return (
-        grad_xn if need_xn else None,
-        grad_mean if need_mean else None,
-        grad_std if need_std else None,
-        None,
-        None,
-        None,
-    )
-
-
-# ---------------------------------------------------------------- argument checks of direct operator calls
+# argument rules
 
 
 def _require_rows(t, name: str) -> None:
@@ -120,7 +24,9 @@ def _require_rows(t, name: str) -> None:
 
 def _check_noisy_text_projection(text, sigma, samples, seed, offset):
     _require_rows(text, "text")
+    require_scalar(sigma, "sigma")
     require(samples >= 1, f"samples must be >= 1, got {samples}")
+    require_fits((text.shape[0], samples, text.shape[1]), text.dtype, text.device, "samples")
     require(0 <= offset and offset + samples <= 2**32, f"offset + samples must be in [0, 2^32], got offset {offset}")
     require(0 <= seed < 2**63, f"seed must be in [0, 2^63), got {seed}")
 
@@ -146,46 +52,110 @@ def _check_clip_cosine_loss(image, text):
 
 def _check_clip_cosine_loss_backward(grad_loss, image, text, compute_grad_text):
     _check_clip_cosine_loss(image, text)
-    require(isinstance(grad_loss, Tensor) and grad_loss.numel() == 1, "grad_loss must have one element")
+    require_float(grad_loss, "grad_loss")
+    require(grad_loss.numel() == 1, "grad_loss must have one element")
 
 
-def _check_noisy_style_features(xn, mean, std, feature_noise, seed, offset):
-    require_float(xn, "xn")
-    require(xn.dim() >= 2, f"xn must be (B, C, ...), got {xn.dim()} dims")
-    require_params(mean, "mean", xn.shape[:2], xn)
-    require_params(std, "std", xn.shape[:2], xn)
-    require(0 <= offset < 2**32, f"offset must be in [0, 2^32), got {offset}")
-    require(0 <= seed < 2**63, f"seed must be in [0, 2^63), got {seed}")
+# fake kernels (the arguments are checked first)
 
 
-def _check_noisy_style_features_backward(grad_out, xn, mean, std, compute_grad_xn):
-    _check_noisy_style_features(xn, mean, std, 0.0, 0, 0)
-    require_float(grad_out, "grad_out")
-    require(grad_out.shape == xn.shape and grad_out.dtype == xn.dtype, "grad_out must have xn's shape and dtype")
+def _noisy_text_projection_fake(text, sigma, samples, seed, offset):
+    K, D = text.shape
+    return text.new_empty((K, samples, D)), text.new_empty((K, samples), dtype=acc_dtype(text.dtype))
 
 
-CHECKS = {
-    "noisy_text_projection": _check_noisy_text_projection,
-    "noisy_text_projection_backward": _check_noisy_text_projection_backward,
-    "clip_cosine_loss": _check_clip_cosine_loss,
-    "clip_cosine_loss_backward": _check_clip_cosine_loss_backward,
-    "noisy_style_features": _check_noisy_style_features,
-    "noisy_style_features_backward": _check_noisy_style_features_backward,
-}
+def _noisy_text_projection_backward_fake(grad_out, text, out, norm):
+    return torch.empty_like(text)
 
-# ---------------------------------------------------------------- registration
 
-FAKES = {
-    "noisy_text_projection": _noisy_text_projection_fake,
-    "noisy_text_projection_backward": _noisy_text_projection_backward_fake,
-    "clip_cosine_loss": _clip_cosine_loss_fake,
-    "clip_cosine_loss_backward": _clip_cosine_loss_backward_fake,
-    "noisy_style_features": _noisy_style_features_fake,
-    "noisy_style_features_backward": _noisy_style_features_backward_fake,
-}
-AUTOGRAD = {
-    "noisy_text_projection": (_noisy_text_projection_backward, _noisy_text_projection_setup),
-    "clip_cosine_loss": (_clip_cosine_loss_backward, _clip_cosine_loss_setup),
-    "noisy_style_features": (_noisy_style_features_backward, _noisy_style_features_setup),
-}
-register_family("text", FAKES, AUTOGRAD, CHECKS)
+def _clip_cosine_loss_fake(image, text):
+    return image.new_empty((), dtype=acc_dtype(image.dtype))
+
+
+def _clip_cosine_loss_backward_fake(grad_loss, image, text, compute_grad_text):
+    return torch.empty_like(image), torch.empty_like(text) if compute_grad_text else text.new_empty(0)
+
+
+# references, with the operators' arguments and outputs
+
+
+def _noisy_text_projection_reference(text, sigma, samples, seed, offset):
+    acc = acc_dtype(text.dtype)
+    eps = reference.text_noise(text.shape[0], samples, text.shape[1], seed, offset).to(text.device, acc)
+    unit = torch.nn.functional.normalize(text.to(acc), dim=-1)
+    noisy = unit[:, None, :] + sigma * eps
+    norm = noisy.norm(dim=-1)
+    return reference.noisy_text_projection(text.to(acc), sigma, eps).to(text.dtype), norm
+
+
+def _clip_cosine_loss_reference(image, text):
+    acc = acc_dtype(image.dtype)
+    return reference.clip_cosine_loss(image.to(acc), text.to(acc))
+
+
+# autograd
+
+
+def _noisy_text_projection_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[0], output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _noisy_text_projection_backward(ctx, grad_out, _grad_norm):
+    """Gradient with respect to text; only out and the norms are saved (the noise is never stored)."""
+    text, out, norm = ctx.saved_tensors
+    if grad_out is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None, None
+    grad_text = op_namespace(ctx).noisy_text_projection_backward(grad_out.contiguous(), text, out, norm)
+    return grad_text, None, None, None, None
+
+
+def _clip_cosine_loss_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _clip_cosine_loss_backward(ctx, grad_loss):
+    """``(grad_image, grad_text)``; the row norms and cosines are recomputed (nothing but the inputs is saved)."""
+    image, text = ctx.saved_tensors
+    need_image, need_text = ctx.needs_input_grad[:2]
+    if grad_loss is None or not (need_image or need_text):
+        return None, None
+    grad_image, grad_text = op_namespace(ctx).clip_cosine_loss_backward(grad_loss, image, text, need_text)
+    return grad_image if need_image else None, grad_text if need_text else None
+
+
+# declarations
+
+
+def _op(name: str, check, fake, **kwargs) -> Operator:
+    return Operator(name, "text", check, fake, **kwargs)
+
+
+NOISY_TEXT_PROJECTION = _op(
+    "noisy_text_projection",
+    _check_noisy_text_projection,
+    _noisy_text_projection_fake,
+    reference=_noisy_text_projection_reference,
+    backward=_noisy_text_projection_backward,
+    setup_context=_noisy_text_projection_setup,
+)
+NOISY_TEXT_PROJECTION_BACKWARD = _op(
+    "noisy_text_projection_backward", _check_noisy_text_projection_backward, _noisy_text_projection_backward_fake
+)
+CLIP_COSINE_LOSS = _op(
+    "clip_cosine_loss",
+    _check_clip_cosine_loss,
+    _clip_cosine_loss_fake,
+    reference=_clip_cosine_loss_reference,
+    backward=_clip_cosine_loss_backward,
+    setup_context=_clip_cosine_loss_setup,
+)
+CLIP_COSINE_LOSS_BACKWARD = _op(
+    "clip_cosine_loss_backward", _check_clip_cosine_loss_backward, _clip_cosine_loss_backward_fake
+)
+register(
+    NOISY_TEXT_PROJECTION,
+    NOISY_TEXT_PROJECTION_BACKWARD,
+    CLIP_COSINE_LOSS,
+    CLIP_COSINE_LOSS_BACKWARD,
+)

@@ -44,6 +44,11 @@ TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
   m.def(
       "clip_cosine_loss_backward(Tensor grad_loss, Tensor image, Tensor text, bool compute_grad_text)"
       " -> (Tensor grad_image, Tensor grad_text)");
+}
+
+// The feature-noise operators share this file's Philox generator; their Python side is ops/feature_noise.
+TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
+  m.set_python_module("styleda_fast.ops.feature_noise._ops");  // where the fake kernels live
   // relu(std * xn + mean) + feature_noise * eps; xn (B, C, ...) contiguous, mean/std (B, C) in the accumulation dtype.
   m.def(
       "noisy_style_features(Tensor xn, Tensor mean, Tensor std, float feature_noise, int seed, int offset)"
@@ -339,9 +344,12 @@ std::tuple<at::Tensor, at::Tensor> noisy_text_projection_cpu(const at::Tensor& t
                                                              int64_t seed, int64_t offset) {
   check_rows(text_in, "text");
   TORCH_CHECK_VALUE(samples >= 1, "styleda_fast: samples must be >= 1, got ", samples);
+  TORCH_CHECK_VALUE(seed >= 0, "styleda_fast: seed must be in [0, 2^63), got ", seed);
   TORCH_CHECK_VALUE(offset >= 0 && offset + samples <= (int64_t(1) << 32),
               "styleda_fast: offset + samples must be in [0, 2^32], got offset ", offset);
   TORCH_CHECK_VALUE(text_in.size(0) < (int64_t(1) << 32), "styleda_fast: at most 2^32 text rows");
+  check_scalar(sigma, "sigma");
+  check_fits(double(text_in.size(0)) * double(samples) * double(text_in.size(1)), text_in.element_size(), "samples");
   const at::Tensor text = text_in.contiguous();
   const int64_t K = text.size(0), D = text.size(1), S = samples, Q = (D + 3) / 4;
   at::Tensor out = at::empty({K, S, D}, text.options());
@@ -399,6 +407,7 @@ void noisy_text_row_backward(const T* g_rows, const T* o_rows, const acc_t<T>* n
 
 at::Tensor noisy_text_projection_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& text_in,
                                               const at::Tensor& out_in, const at::Tensor& norm_in) {
+  check_float_args({{grad_out_in, "grad_out"}, {text_in, "text"}, {out_in, "out"}, {norm_in, "norm"}});
   check_rows(text_in, "text");
   const at::Tensor text = text_in.contiguous();
   const int64_t K = text.size(0), D = text.size(1);
@@ -461,6 +470,7 @@ void check_pair(const at::Tensor& image, const at::Tensor& text) {
 }
 
 at::Tensor clip_cosine_loss_cpu(const at::Tensor& image_in, const at::Tensor& text_in) {
+  check_float_args({{image_in, "image"}, {text_in, "text"}});
   check_pair(image_in, text_in);
   const at::Tensor image = image_in.contiguous(), text = text_in.contiguous();
   const int64_t B = image.size(0), D = image.size(1);
@@ -495,6 +505,7 @@ void cosine_row_grad(T* grad, const T* own, const T* other, double cross, double
 
 std::tuple<at::Tensor, at::Tensor> clip_cosine_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& image_in,
                                                                  const at::Tensor& text_in, bool compute_grad_text) {
+  check_float_args({{grad_loss, "grad_loss"}, {image_in, "image"}, {text_in, "text"}});
   check_pair(image_in, text_in);
   TORCH_CHECK_VALUE(grad_loss.numel() == 1, "styleda_fast: grad_loss must have one element");
   const at::Tensor image = image_in.contiguous(), text = text_in.contiguous();
@@ -562,8 +573,11 @@ at::Tensor contiguous_output_like(const at::Tensor& t) {
 
 at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& mean, const at::Tensor& std,
                                    double noise_scale, int64_t seed, int64_t offset) {
+  check_float_args({{xn_in, "xn"}, {mean, "mean"}, {std, "std"}});
   const Planes pl = check_style_features(xn_in, mean, std);
+  TORCH_CHECK_VALUE(seed >= 0, "styleda_fast: seed must be in [0, 2^63), got ", seed);
   TORCH_CHECK_VALUE(offset >= 0 && offset < (int64_t(1) << 32), "styleda_fast: offset must be in [0, 2^32), got ", offset);
+  check_scalar(noise_scale, "feature_noise");
   const at::Tensor xn = xn_in.contiguous();
   at::Tensor out = contiguous_output_like(xn);
   const int64_t N = xn.numel(), chunk_size = 4 * kFeatureGroups, chunks = (N + chunk_size - 1) / chunk_size;
@@ -611,6 +625,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_style_features_backward_cpu
                                                                                  const at::Tensor& mean,
                                                                                  const at::Tensor& std,
                                                                                  bool compute_grad_xn) {
+  check_float_args({{grad_out_in, "grad_out"}, {xn_in, "xn"}, {mean, "mean"}, {std, "std"}});
   const Planes pl = check_style_features(xn_in, mean, std);
   TORCH_CHECK_VALUE(grad_out_in.sizes() == xn_in.sizes() && grad_out_in.scalar_type() == xn_in.scalar_type(),
               "styleda_fast: grad_out must have xn's shape and dtype");

@@ -12,6 +12,7 @@ from helpers import GRAD_TOLERANCE, assert_close
 from styleda_fast import use_backend
 from styleda_fast.core.backend import run_op
 from styleda_fast.devtools.testing import available_backends, backend_device
+from styleda_fast.ops.style_mix import _ops as ops
 from styleda_fast.ops.style_mix import reference
 
 KERNEL_BACKENDS = [b for b in available_backends() if b != "reference"]
@@ -49,10 +50,6 @@ def _expected(x, target_mean, target_std, mix, grad_out, extra_mean, extra_std, 
     return leaf.grad
 
 
-def _never():
-    raise AssertionError("kernel backends only")
-
-
 @pytest.mark.parametrize(("backend", "tile_elements"), BACKEND_TILES)
 @pytest.mark.parametrize(("shape", "grid", "use_mix", "relu", "channels_last"), CASES)
 @pytest.mark.usefixtures("poison_fresh_memory")
@@ -69,17 +66,14 @@ def test_matches_autograd_of_the_reference(backend, shape, grid, use_mix, relu, 
     expected = _expected(x.cpu(), tm.cpu(), ts.cpu(), None if mix is None else mix.cpu(), g.cpu(), extra_mean.cpu(),
                          extra_std.cpu(), grid, relu)  # fmt: skip
     with use_backend(backend):
-        _, mean, std = run_op("style_mix", "local_style_mix", device, (x, tm, ts, mix, *grid, relu, 1e-5), _never)
-        _, sum_grad, sum_grad_xn = run_op(
-            "style_mix", "local_style_mix_backward", device, (g, x, mean, std, tm, ts, mix, relu, False), _never
-        )
+        _, mean, std = run_op(ops.LOCAL_STYLE_MIX, x, tm, ts, mix, *grid, relu, 1e-5)
+        _, sum_grad, sum_grad_xn = run_op(ops.LOCAL_STYLE_MIX_BACKWARD, g, x, mean, std, tm, ts, mix, relu, False)
         share = mix if mix is not None else torch.zeros_like(mean)  # the mixing weight's share reaches the stats
         grad_mean = share * sum_grad + extra_mean
         grad_std = share * sum_grad_xn + extra_std
         grad_x = run_op(
-            "style_mix", "local_style_mix_grad_x", device,
-            (g, x, mean, std, tm, ts, mix, sum_grad, sum_grad_xn, grad_mean, grad_std, relu), _never,
-        )  # fmt: skip
+            ops.LOCAL_STYLE_MIX_GRAD_X, g, x, mean, std, tm, ts, mix, sum_grad, sum_grad_xn, grad_mean, grad_std, relu
+        )
     assert grad_x.stride() == x.stride()
     assert_close(grad_x.cpu(), expected, GRAD_TOLERANCE[torch.float64])
 
@@ -89,13 +83,13 @@ def test_bad_arguments_name_the_argument(backend):
     device = backend_device(backend)
     x, tm, ts, mix, g, extra_mean, extra_std = (t.to(device) for t in _inputs((2, 3, 6, 6), (2, 2), True, False))
     with use_backend(backend):
-        _, mean, std = run_op("style_mix", "local_style_mix", device, (x, tm, ts, mix, 2, 2, False, 1e-5), _never)
+        _, mean, std = run_op(ops.LOCAL_STYLE_MIX, x, tm, ts, mix, 2, 2, False, 1e-5)
         args = [g, x, mean, std, tm, ts, mix, mean, std, extra_mean, extra_std, False]
         for index, name in ((7, "sum_grad"), (8, "sum_grad_xn"), (9, "grad_mean"), (10, "grad_std")):
             bad = list(args)
             bad[index] = args[index][:, :2].contiguous()
             with pytest.raises(ValueError, match=name):
-                run_op("style_mix", "local_style_mix_grad_x", device, tuple(bad), _never)
+                run_op(ops.LOCAL_STYLE_MIX_GRAD_X, *bad)
 
 
 def test_opcheck():

@@ -22,6 +22,8 @@ from styleda_fast import (
     use_backend,
 )
 from styleda_fast.core.library import triton_launchers
+from styleda_fast.ops.feature_noise import reference as reference_features
+from styleda_fast.ops.philox import philox4x32
 from styleda_fast.ops.text import reference as reference_text
 
 BACKENDS = available_backends()
@@ -67,14 +69,14 @@ def test_reference_philox_known_answers():
         ),
     ]
     for counter, key, expected in cases:
-        got = reference_text.philox4x32(key, *counter)
+        got = philox4x32(key, *counter)
         assert tuple(int(g) for g in got) == expected
 
 
 def test_reference_noise_is_standard_normal():
-    eps = reference_text.feature_noise(1 << 16, seed=3)
+    eps = reference_features.feature_noise(1 << 16, seed=3)
     assert abs(eps.mean().item()) < 0.02 and abs(eps.std().item() - 1) < 0.02
-    assert not torch.equal(eps, reference_text.feature_noise(1 << 16, seed=4))
+    assert not torch.equal(eps, reference_features.feature_noise(1 << 16, seed=4))
 
 
 # ================================================= noisy_text_projection
@@ -299,11 +301,11 @@ def test_noisy_style_features_matches_reference(backend, kind):
                 plain = noisy_style_features(xn, mean, std, 0.0, seed=1)
             assert out.shape == shape and out.dtype == dtype
             x64, m64, s64 = xn.double().cpu(), _as_bc(mean, shape), _as_bc(std, shape)
-            eps = reference_text.feature_noise(xn.numel(), 2**62 + 5, 9).view(shape)
+            eps = reference_features.feature_noise(xn.numel(), 2**62 + 5, 9).view(shape)
             tol = max(TOLERANCE[dtype], NOISE_TOL)
-            expected = reference_text.noisy_style_features(x64, m64, s64, 0.3, eps)
+            expected = reference_features.noisy_style_features(x64, m64, s64, 0.3, eps)
             assert_close(out, expected, tol, f"{backend} {dtype} {shape}")
-            expected_plain = reference_text.noisy_style_features(x64, m64, s64, 0.0, eps)
+            expected_plain = reference_features.noisy_style_features(x64, m64, s64, 0.0, eps)
             assert_close(plain, expected_plain, TOLERANCE[dtype], f"{backend} {dtype} {shape} no noise")
 
 
@@ -323,7 +325,7 @@ def test_noisy_style_features_gradients(backend, kind):
         m_bc, s_bc = m64.expand(2, 4), s64.expand(2, 4)
     else:
         m_bc, s_bc = m64.reshape(2, 4), s64.reshape(2, 4)
-    (reference_text.noisy_style_features(x64, m_bc, s_bc, 0.0, torch.zeros(shape)) * weight.cpu()).sum().backward()
+    (reference_features.noisy_style_features(x64, m_bc, s_bc, 0.0, torch.zeros(shape)) * weight.cpu()).sum().backward()
     for got, ref, name in zip((xn, mean, std), refs, ("xn", "mean", "std"), strict=True):
         assert got.grad.shape == got.shape
         assert_close(got.grad, ref.grad, 1e-9, f"{backend} {kind} grad {name}")
