@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
         return gpu_report(argv[1:])
     parser = argparse.ArgumentParser(
         prog="styleda-fast",
-        description="Benchmark the fused PODA/FAMix style operations, list the backends, mine a style bank or describe one.",
+        description="Benchmark the fused PODA/FAMix style operations, list the backends, mine or describe style banks.",
         epilog="Run 'styleda-fast COMMAND --help' for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
