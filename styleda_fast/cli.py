@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="styleda-fast",
-        description="Benchmark the fused PODA/FAMix style operations, list the backends, or mine a style bank.",
+        description="Benchmark the fused PODA/FAMix style operations, list the backends, mine or describe style banks.",
         epilog="Run 'styleda-fast COMMAND --help' for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     from styleda_fast.mining.command import add_arguments
 
     add_arguments(sub.add_parser("mine", help="mine styles from a folder of images into a StyleBank"))
+    from styleda_fast.bank.info import add_arguments as add_bank_arguments
+
+    add_bank_arguments(sub.add_parser("bank", help="describe a style bank: 'styleda-fast bank info FILE [--json]'"))
     args = parser.parse_args(argv)
     if args.command == "bench":
         from styleda_fast.bench import run
@@ -67,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         except MineError as exc:
             print(f"styleda-fast mine: error: {exc}", file=sys.stderr)
             return 2
+    elif args.command == "bank":
+        from styleda_fast.bank.info import run as bank_run
+
+        return bank_run(args)
     elif args.command == "backends":
         from styleda_fast.core.backend import backends
 

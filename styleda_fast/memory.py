@@ -12,8 +12,15 @@ what the model and optimizer keep, and the peak of what a piece of code allocate
 
 The CPU kernels keep freed large outputs (at least 8 MB) for the next output of the same size, so that a training
 loop does not fault the same memory in at every step: ``output_cache_bytes()`` says how much they hold that no
-tensor uses, ``release_output_cache()`` frees it (``STYLEDA_FAST_OUTPUT_CACHE_MB``: the most they keep, default
-2048; 0 turns the cache off).
+tensor uses, ``release_output_cache()`` frees it, ``output_cache_limit()`` says the most they keep now.
+
+The limit: ``STYLEDA_FAST_OUTPUT_CACHE_MB`` megabytes, a plain decimal integer from 0 (the cache off) to 1048576
+(1 TiB), spaces or tabs around it allowed; unset or empty: 2048. Any other value (``-1``, ``1e3``, ``0x10``,
+``abc``, larger than the maximum) warns once, naming the variable, and the default 2048 applies. The cache also
+keeps at most a quarter of what the process may use: the smaller of its cgroup memory limit and its address-space
+limit (``RLIMIT_AS``). When a CPU allocation fails (a kernel's output or any other CPU tensor), the idle buffers
+are freed and the allocation is tried once more. Without the compiled extension there is no cache: these
+functions return 0.
 
 Counts are of tensor storages (each counted once, also when several saved tensors are views of it); memory that
 kernels allocate internally and free before returning (workspaces) is not seen, nor the caching allocator's
@@ -36,24 +43,38 @@ __all__ = [
     "format_bytes",
     "optimizer_state_bytes",
     "output_cache_bytes",
+    "output_cache_limit",
     "release_output_cache",
     "state_bytes",
 ]
 
 
-def output_cache_bytes() -> int:
-    """Bytes of large CPU output buffers that the kernels keep for reuse and that no tensor uses now."""
-    import styleda_fast  # noqa: F401  (loads the operators)
+def _cache_operator(name: str):
+    """The output cache's operator ``name``, or None without the compiled extension (then there is no cache)."""
+    from styleda_fast.core.extension import CPP_PROBLEM
 
-    return int(torch.ops.styleda_fast.output_cache_bytes())
+    return None if CPP_PROBLEM is not None else getattr(torch.ops.styleda_fast, name)
+
+
+def output_cache_bytes() -> int:
+    """Bytes of large CPU output buffers that the kernels keep for reuse and that no tensor uses now (0 without the
+    compiled extension)."""
+    op = _cache_operator("output_cache_bytes")
+    return 0 if op is None else int(op())
 
 
 def release_output_cache() -> int:
-    """Frees the CPU output buffers kept for reuse that no tensor uses (memory back to the OS); returns the bytes.
-    Buffers still in use return to the cache when their tensors are freed."""
-    import styleda_fast  # noqa: F401
+    """Frees the CPU output buffers kept for reuse that no tensor uses (memory back to the OS); returns the bytes
+    (0 without the compiled extension). Buffers still in use return to the cache when their tensors are freed."""
+    op = _cache_operator("release_output_cache")
+    return 0 if op is None else int(op())
 
-    return int(torch.ops.styleda_fast.release_output_cache())
+
+def output_cache_limit() -> int:
+    """The most bytes of idle buffers the output cache keeps now: ``STYLEDA_FAST_OUTPUT_CACHE_MB``, at most a
+    quarter of the process's cgroup memory limit and of its ``RLIMIT_AS`` (0 without the compiled extension)."""
+    op = _cache_operator("output_cache_limit")
+    return 0 if op is None else int(op())
 
 
 def _key(t: Tensor) -> int:

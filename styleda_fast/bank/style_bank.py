@@ -15,11 +15,9 @@ FAMix's augmentation in three calls::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import struct
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +25,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from styleda_fast.bank.bank_file import (
+    FORMAT,
+    FORMAT_VERSION,
+    READABLE_VERSIONS,
+    check_safetensors_header,
+    checksum,
+    checksum_v1,
+)
 from styleda_fast.bank.safe_load import (
     DEFAULT_MAX_BYTES,
     Budget,
@@ -34,7 +40,6 @@ from styleda_fast.bank.safe_load import (
     UnsafePickleError,
     check_path,
     file_kind,
-    open_regular,
     safe_unpickle,
     short,
     unpickle_file,
@@ -52,15 +57,10 @@ __all__ = [
     "safe_unpickle",
 ]
 
-FORMAT = "styleda_fast.StyleBank"
-FORMAT_VERSION = 1
-CHECKSUM_PREFIX = "sha256:"
 EMPTY_CLASS_MODES = ("error", "any")
 MAX_CHANNELS = 1 << 20
 MAX_CLASSES = 1 << 16
 _INT64 = (-(2**63), 2**63 - 1)
-_SAFETENSORS_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8}
-_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
 
 class StyleFileWarning(UserWarning):
@@ -122,6 +122,9 @@ class StyleBank:
         class_names: ``K`` distinct names (default: Cityscapes for ``K = 19``, else ``"0"``, ``"1"``, ...).
         device: where the styles live and are sampled.
         prompts, backbone, layer: optional metadata kept in saved files (``prompts`` maps a class name to its text).
+        provenance: how the bank was made (mining options, model, prompts per class, seed, ...): a dict that JSON
+            represents (str keys; str, int, finite float, bool, None, lists and dicts of those), saved with the
+            bank and covered by its checksum. Default empty. See :attr:`provenance`.
         empty_class: what :meth:`sample` does for a class that has no styles when the fallback class has none
             either: ``"error"`` (default) raises ``ValueError``; ``"any"`` draws uniformly from all styles of the
             bank. Saved with the bank.
@@ -141,6 +144,7 @@ class StyleBank:
         backbone: str | None = None,
         layer: str | None = None,
         empty_class: str = "error",
+        provenance: Mapping | None = None,
     ) -> None:
         channels = check_int(channels, "channels", 1, MAX_CHANNELS)
         num_classes = check_int(num_classes, "num_classes", 0, MAX_CLASSES)
@@ -174,10 +178,23 @@ class StyleBank:
         self.prompts = dict(prompts or {})
         self.backbone, self.layer = backbone, layer
         self.empty_class = empty_class
+        self.provenance = {} if provenance is None else provenance
         self.mean = torch.empty(0, channels, device=self.device)
         self.std = torch.empty(0, channels, device=self.device)
         self.class_ids = torch.empty(0, dtype=torch.int64, device=self.device)
         self._index: tuple[Tensor, Tensor, Tensor, list[int]] | None = None
+
+    @property
+    def provenance(self) -> dict:
+        """How the bank was made: a JSON-representable dict (``{}`` when unknown), e.g. what ``styleda-fast mine``
+        records: ``{"tool", "mode", "model", "pretrained", "class_template", "class_prompts", "steps", "seed",
+        ...}``. Assigning checks it and keeps a copy; :meth:`save` writes it (JSON, under the checksum), :meth:`load`
+        reads it back, and copies of the bank (``copy.deepcopy``, pickle) carry it."""
+        return self._provenance
+
+    @provenance.setter
+    def provenance(self, value: Mapping) -> None:
+        self._provenance = _check_provenance(value)
 
     # ------------------------------------------------------------------ contents
 
@@ -212,6 +229,7 @@ class StyleBank:
             check_int(class_ids, "class_ids", *_INT64)
             return torch.full((n,), class_ids, dtype=torch.int64, device=self.device)
         if isinstance(class_ids, Tensor):
+            _check_has_data(class_ids, "class_ids")
             if class_ids.is_floating_point() or class_ids.is_complex() or class_ids.dtype == torch.bool:
                 raise TypeError(f"class_ids must hold integers, got {class_ids.dtype}")
         elif isinstance(class_ids, (list, tuple)):
@@ -247,6 +265,7 @@ class StyleBank:
             if not isinstance(t, Tensor) or not t.is_floating_point():
                 got = getattr(t, "dtype", type(t).__name__)
                 raise TypeError(f"{name} must be a floating-point torch.Tensor, got {got}")
+            _check_has_data(t, name)
             if t.dim() == 4 and t.shape[2:] == (1, 1):
                 t = t.flatten(1)
             if t.dim() != 2 or t.shape[1] != self.channels:
@@ -389,20 +408,27 @@ class StyleBank:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the bank to ``path`` in safetensors (tensors ``mean``, ``std``, ``class_ids``) with JSON metadata
-        (channels, classes, prompts, backbone, layer, empty_class), the format version and a SHA-256 checksum of
-        the metadata and the tensors (checked by :meth:`load`)."""
+        (channels, classes, prompts, backbone, layer, empty_class), the :attr:`provenance` (JSON), the format
+        version and a SHA-256 checksum of all metadata and the tensors (checked by :meth:`load`; it detects
+        corruption, not tampering: it has no key). The folder must exist (``FileNotFoundError`` naming it: a
+        mistyped folder is not created); an existing file is replaced."""
         from safetensors.torch import save_file
 
         path = check_path(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            what = "is not a folder" if os.path.exists(folder) else "does not exist"
+            error = NotADirectoryError if os.path.exists(folder) else FileNotFoundError
+            raise error(f"cannot save the bank to {path!r}: the folder {folder!r} {what}")
         tensors = {"mean": self.mean, "std": self.std, "class_ids": self.class_ids}
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        bank = json.dumps(self.metadata())
         meta = {
             "format": FORMAT,
             "format_version": str(FORMAT_VERSION),
-            "bank": bank,
-            "checksum": _checksum(tensors, bank),
+            "bank": json.dumps(self.metadata()),
+            "provenance": json.dumps(_check_provenance(self.provenance), allow_nan=False),
         }
+        meta["checksum"] = checksum(tensors, meta)
         save_file(tensors, path, metadata=meta)
 
     @classmethod
@@ -419,9 +445,10 @@ class StyleBank:
         """Read a bank written by :meth:`save`, onto ``map_location`` (default CPU).
 
         Args:
-            verify: check the file's SHA-256 checksum (default); ``False`` skips it (faster for large banks). Files
-                written before checksums were stored have none: they load with a :class:`StyleFileWarning`
-                (re-save them to add one).
+            verify: check the file's SHA-256 checksum (default); ``False`` skips it (faster for large banks). A
+                file of the current format (version 2) without a checksum is refused unless ``verify=False``;
+                version-1 files written before checksums were stored load with a :class:`StyleFileWarning`
+                (re-save them to add one). The checksum detects corruption, not tampering (it has no key).
             max_bytes: the largest file accepted (1 GiB by default); its header is checked against the file size
                 before any tensor is read.
             clamp_negative_std: negative std values (which :meth:`add` refuses; possible in files from other
@@ -440,7 +467,7 @@ class StyleBank:
         budget = Budget(max_bytes)
         clamp = _check_clamp(clamp_negative_std)
         where = repr(path)
-        _check_safetensors_header(path, budget)
+        check_safetensors_header(path, budget)
         try:
             with safe_open(path, framework="pt", device="cpu") as f:
                 header = f.metadata() or {}
@@ -452,15 +479,21 @@ class StyleBank:
         if header.get("format") != FORMAT:
             raise ValueError(f"{where} is not a styleda_fast StyleBank file (format {short(header.get('format'))})")
         version = header.get("format_version", "")
-        if not version.isdigit() or len(version) > 6 or int(version) > FORMAT_VERSION:
-            raise ValueError(f"{where} has format version {short(version)}; this package reads up to {FORMAT_VERSION}")
+        if version not in READABLE_VERSIONS:
+            readable = " and ".join(READABLE_VERSIONS)
+            raise ValueError(f"{where} has format version {short(version)}; this package reads versions {readable}")
         if set(tensors) != {"mean", "std", "class_ids"}:
             raise ValueError(f"{where} must hold tensors mean, std, class_ids; found {short(sorted(tensors))}")
         bank_json = header.get("bank")
         if not isinstance(bank_json, str):
             raise ValueError(f"{where} has invalid StyleBank metadata: no 'bank' entry")
-        checksum = header.get("checksum")
-        if checksum is None:
+        stored = header.get("checksum")
+        if stored is None and verify and version != "1":
+            raise ValueError(
+                f"{where} has no checksum, which every version-{version} StyleBank file carries: the file was "
+                "modified; pass verify=False to load it without an integrity check"
+            )
+        if stored is None:
             if verify:
                 warnings.warn(
                     f"{where} has no checksum (written before styleda_fast stored one): loaded without an integrity "
@@ -468,13 +501,14 @@ class StyleBank:
                     StyleFileWarning,
                     stacklevel=2,
                 )
-        elif verify and checksum != _checksum(tensors, bank_json):
+        elif verify and stored != (checksum_v1(tensors, bank_json) if version == "1" else checksum(tensors, header)):
             raise ValueError(
                 f"{where} failed its integrity check (the SHA-256 checksum of its contents does not match): the file "
                 "is corrupt or was modified; pass verify=False to load it anyway"
             )
         try:
             meta = json.loads(bank_json)
+            provenance = json.loads(header.get("provenance", "{}"))
         except (ValueError, RecursionError) as exc:
             raise ValueError(f"{where} has invalid StyleBank metadata (not JSON): {short(str(exc), 120)}") from None
         try:
@@ -490,8 +524,9 @@ class StyleBank:
                 backbone=meta.get("backbone"),
                 layer=meta.get("layer"),
                 empty_class=meta.get("empty_class", "error"),
+                provenance=provenance,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
             raise ValueError(f"{where} has invalid StyleBank metadata: {short(str(exc), 200)}") from None
         allow_negative_std = check_bool(allow_negative_std, "allow_negative_std")
         std = tensors["std"]
@@ -670,58 +705,18 @@ def _as_style(t, path, key: str) -> Tensor:
     return flat
 
 
-def _checksum(tensors: Mapping[str, Tensor], bank_json: str) -> str:
-    """SHA-256 over the bank metadata and, in a fixed order, each tensor's name, dtype, shape and bytes."""
-    digest = hashlib.sha256(b"styleda_fast.StyleBank checksum 1\0")
-    digest.update(bank_json.encode("utf-8", "surrogatepass") + b"\0")
-    for name in ("mean", "std", "class_ids"):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        if t.numel():
-            digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    return CHECKSUM_PREFIX + digest.hexdigest()
+def _check_has_data(t: Tensor, name: str) -> None:
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (shape and dtype only, no values); give a tensor with data")
 
 
-def _check_safetensors_header(path, budget: Budget) -> None:
-    """Check what a safetensors file declares against its size before anything is loaded: the header length, each
-    tensor's dtype, shape and byte range, and the file size against ``max_bytes``."""
-    where = repr(path)
-    fd, size = open_regular(path, budget)
-    bad = f"{where} is not a readable safetensors style bank (truncated or corrupt?)"
-    with open(fd, "rb", closefd=True) as f:
-        head = f.read(8)
-        (length,) = struct.unpack("<Q", head) if len(head) == 8 else (None,)
-        if length is None or length > size - 8 or length > _MAX_HEADER:
-            raise ValueError(f"{bad}: its header declares {short(length)} bytes but the file has {size}")
-        text = f.read(length)  # buffered: reads until `length` bytes or the end of the file
-    if len(text) != length:
-        raise ValueError(f"{bad}: the file changed while it was read")
+def _check_provenance(value) -> dict:
+    """A JSON-representable dict, copied (JSON round trip); ``TypeError`` / ``ValueError`` naming ``provenance``."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"provenance must be a dict (JSON object), got {type(value).__name__}")
+    if not all(isinstance(k, str) for k in value):
+        raise TypeError(f"provenance must have str keys, got {short(list(value))}")
     try:
-        header = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"{bad}: its header is not valid JSON ({type(exc).__name__})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{bad}: its header is not a JSON object")
-    end = size - 8 - length
-    for name, info in header.items():
-        if name == "__metadata__":
-            if info is not None and not (
-                isinstance(info, dict) and all(isinstance(v, str) for v in info.values())
-            ):  # fmt: skip
-                raise ValueError(f"{bad}: its metadata must map str to str")
-            continue
-        try:
-            itemsize = _SAFETENSORS_DTYPES[info["dtype"]]
-            shape, (begin, stop) = info["shape"], info["data_offsets"]
-            if not all(type(v) is int and v >= 0 for v in (*shape, begin, stop)) or len(shape) > 64:
-                raise TypeError
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{bad}: tensor {short(name)} has an invalid dtype, shape or data_offsets") from None
-        numel = 1
-        for s in shape:
-            numel = min(numel * s, end + 1)  # bounded: anything past the file is wrong anyway
-        if not begin <= stop <= end or (stop - begin) != numel * itemsize:
-            raise ValueError(
-                f"{bad}: tensor {short(name)} declares shape {short(shape)} at bytes [{short(begin)}, {short(stop)}) "
-                f"but the file holds {end} bytes of data"
-            )
+        return json.loads(json.dumps(dict(value), allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"provenance must be representable as JSON (finite numbers, str keys): {exc}") from None

@@ -5,8 +5,8 @@ them. The views: the patch tokens ``(B, prefix + h*w, C)`` of a ViT seen as a
 The grid is a channels-last view whose images are ``(prefix + h*w) * C`` elements apart (not ``C*h*w``): the
 prefix tokens (class token, registers) sit between the images. The C++ style-mix kernels read and write such
 a view in place (``local_style_mix(grid, ..., out=grid)`` styles the patch tokens of ``tokens`` and leaves the
-prefix tokens bit for bit as they were); a fresh output has the same strides, with an unwritten gap where the
-prefix tokens go. The Triton kernels do the same (each tensor has its own batch stride there too).
+prefix tokens bit for bit as they were); a fresh output has the same strides, with zeros where the prefix
+tokens go. The Triton kernels read and write the same layouts (each tensor has its own batch stride there too).
 
     grid = tokens_as_grid(tokens, h, w)                     # (B, C, h, w) view, no copy
     local_style_mix(grid, mean, std, grid=1, activation=None, out=grid)  # in place, prefix untouched
@@ -15,6 +15,8 @@ prefix tokens go. The Triton kernels do the same (each tensor has its own batch 
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +37,10 @@ def tokens_as_grid(tokens: Tensor, h: int, w: int, prefix: int = 1) -> Tensor:
     Returns:
         The view ``tokens[:, prefix:]`` as ``(B, C, h, w)``; with dense ``(prefix + h*w, C)`` rows it is
         channels-last with batch stride ``(prefix + h*w) * C``, which the style-mix kernels read and write
-        directly. Writing into it writes into ``tokens``.
+        directly. Writing into it writes into ``tokens``, also in place when ``tokens`` require a gradient
+        (``grid.mul_(2)``, ``local_style_mix(grid, ..., out=grid)`` under ``no_grad``): autograd treats it as the
+        slice ``tokens[:, prefix:]`` does (in-place writes into a view of a leaf that requires grad are refused,
+        as for any view).
     """
     if not isinstance(tokens, Tensor):
         raise TypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
@@ -48,8 +53,18 @@ def tokens_as_grid(tokens: Tensor, h: int, w: int, prefix: int = 1) -> Tensor:
             f"w={w}; got {tuple(tokens.shape)}"
         )
     if tokens.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        return _TokenGrid.apply(tokens, h, w, prefix)
+        if _set_creation_meta is None:  # a torch without it: the plain view (its gradient takes a zero-fill + copy)
+            return _grid_view(tokens, h, w, prefix)
+        _free_references()  # measured here, not inside a backward pass
+        grid = _TokenGrid.apply(tokens, h, w, prefix)
+        # autograd refuses in-place writes into a custom Function's view; this one is a plain view of the tokens
+        # (view ops only), so it takes them as a slice does: the tokens' history is rebased onto the write
+        _set_creation_meta(grid, torch._C._autograd.CreationMeta.DEFAULT)
+        return grid
     return _grid_view(tokens, h, w, prefix)
+
+
+_set_creation_meta = getattr(torch._C._autograd, "_set_creation_meta", None)
 
 
 def _grid_view(tokens: Tensor, h: int, w: int, prefix: int) -> Tensor:
@@ -65,8 +80,10 @@ class _TokenGrid(torch.autograd.Function):
     """``tokens_as_grid`` for tokens that need a gradient: the same view forward; backward builds the tokens'
     gradient without a copy when the grid's gradient comes from the style-mix kernels (their gradient of a token
     grid lies in a buffer shaped like the tokens, with unwritten rows where the prefix tokens go: those rows are
-    zeroed and the whole buffer is the tokens' gradient). Any other gradient is copied into zeros, as a slice's
-    backward does."""
+    zeroed and the whole buffer is the tokens' gradient) and nothing else holds it (a hook that kept the grid's
+    gradient, ``torch.autograd.grad`` asked for it). Any other gradient is copied into zeros, as a slice's
+    backward does. After an in-place write into the grid, autograd differentiates the write through the tokens'
+    history instead (this backward no longer runs)."""
 
     @staticmethod
     def forward(ctx, tokens, h, w, prefix):
@@ -75,15 +92,38 @@ class _TokenGrid(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        references = sys.getrefcount(grad)  # compared with _ProbeGrid's count: the same frame, nothing else holding
         B, length, C = ctx.tokens_shape
         prefix = ctx.prefix
-        if _owns_token_buffer(grad, prefix, length):
+        if references <= _free_references() and _owns_token_buffer(grad, prefix, length):
             tokens_grad = grad.as_strided((B, length, C), (length * C, C, 1), grad.storage_offset() - prefix * C)
             tokens_grad[:, :prefix].zero_()
             return tokens_grad, None, None, None
         tokens_grad = grad.new_zeros((B, length, C))
         tokens_grad[:, prefix:] = grad.permute(0, 2, 3, 1).reshape(B, length - prefix, C)
         return tokens_grad, None, None, None
+
+
+class _ProbeGrid(_TokenGrid):
+    """``_TokenGrid`` whose backward records how many references its gradient has when nothing else holds it."""
+
+    counts: list[int] = []
+
+    @staticmethod
+    def backward(ctx, grad):
+        references = sys.getrefcount(grad)
+        _ProbeGrid.counts.append(references)
+        return grad.new_zeros(ctx.tokens_shape), None, None, None
+
+
+def _free_references() -> int:
+    """``sys.getrefcount`` of a gradient in ``_TokenGrid.backward`` that only autograd holds (measured once; it
+    depends on the Python and torch versions)."""
+    if not _ProbeGrid.counts:
+        with torch.enable_grad():
+            tokens = torch.zeros(1, 2, 1, requires_grad=True)
+            (_ProbeGrid.apply(tokens, 1, 1, 1) * 1).sum().backward()
+    return min(_ProbeGrid.counts)
 
 
 def _owns_token_buffer(grad: Tensor, prefix: int, length: int) -> bool:
@@ -95,9 +135,9 @@ def _owns_token_buffer(grad: Tensor, prefix: int, length: int) -> bool:
     storage = grad.untyped_storage()
     if storage.nbytes() != B * length * C * grad.element_size() or grad.storage_offset() != prefix * C:
         return False
-    try:
-        return torch._C._storage_Use_Count(storage._cdata) <= 2  # grad's own reference and `storage` here
-    except AttributeError:  # a torch without this counter: take the safe path
+    try:  # no other tensor on this storage, and no other holder (C++: torch.autograd.grad) of this tensor
+        return torch._C._storage_Use_Count(storage._cdata) <= 2 and grad._use_count() <= 1
+    except AttributeError:  # a torch without these counters: take the safe path
         return False
 
 
@@ -125,7 +165,8 @@ def grid_as_tokens(grid: Tensor, prefix_tokens: Tensor | None = None) -> Tensor:
         With ``prefix_tokens``: new tokens ``cat([prefix_tokens, patch tokens])`` (one copy; differentiable with
         respect to both). Without: the tokens around the grid in its own memory, a view (no copy): the inverse of
         :func:`tokens_as_grid`, e.g. the styled tokens after ``local_style_mix(grid, ..., out=grid)``. The prefix
-        rows of a fresh ``local_style_mix`` output are unwritten memory, so pass ``prefix_tokens`` for those.
+        rows of a fresh output of the C++ kernels are zero (never an earlier tensor's data); pass
+        ``prefix_tokens`` to put the class token there.
     """
     if not isinstance(grid, Tensor) or grid.dim() != 4:
         raise ValueError(f"grid must be a (B, C, h, w) tensor, got {getattr(grid, 'shape', type(grid).__name__)}")

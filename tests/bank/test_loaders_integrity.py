@@ -44,7 +44,7 @@ def test_every_bit_flip_is_refused_or_harmless(tmp_path):
         flipped[i] ^= 1 << bit
         bad.write_bytes(bytes(flipped))
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a flipped "checksum" key loads like an old file, with a warning
+            warnings.simplefilter("error")  # no flip loads with a warning (a renamed "checksum" key is refused)
             try:
                 loaded = StyleBank.load(bad)
             except ValueError:
@@ -71,8 +71,9 @@ def test_checksum_mismatch_names_the_file_and_verify_false_skips_it(tmp_path):
         StyleBank.load(path, verify="no")
 
 
-def test_files_without_checksum_still_load(tmp_path):
-    """A bank written before checksums existed (no 'checksum' entry) loads, with a warning saying it is unchecked."""
+def test_version_1_files_without_checksum_still_load(tmp_path):
+    """A bank written before checksums existed (format version 1, no 'checksum' entry) loads, with a warning saying it
+    is unchecked."""
     import json
 
     from safetensors.torch import save_file

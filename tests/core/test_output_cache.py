@@ -88,12 +88,16 @@ def test_gradients_use_the_cache_too():
 
 @pytest.mark.usefixtures("poison_fresh_memory")
 def test_reused_buffers_are_poisoned_like_fresh_memory():
-    """Under torch's fill_uninitialized_memory, a cached buffer comes back as NaN like at::empty's memory: the
-    unwritten prefix rows of a token grid's output show it."""
+    """Under torch's fill_uninitialized_memory, a cached buffer comes back as NaN like at::empty's memory where the
+    output's elements go; the prefix rows of a token grid's output, which no kernel writes, are zero."""
     B, prefix, h, w, C = 2, 3, 40, 40, 700  # 9.3 MB of float32 with the prefix rows
     gen = torch.Generator().manual_seed(4)
     for _ in range(2):  # the second output reuses the first's buffer
         tokens = torch.randn(B, prefix + h * w, C, generator=gen)
+        y = torch.ops.styleda_fast.empty_cached_like(tokens_as_grid(tokens, h, w, prefix))
+        assert y.stride() == (C * h * w, h * w, w, 1)  # empty_cached_like: no gaps, all NaN
+        assert torch.isnan(y).all()
+        del y
         with use_backend("cpp"):
             y = local_style_mix(
                 tokens_as_grid(tokens, h, w, prefix),
@@ -103,8 +107,31 @@ def test_reused_buffers_are_poisoned_like_fresh_memory():
                 activation=None,
             )
         styled = grid_as_tokens(y)
-        assert torch.isnan(styled[:, :prefix]).all() and torch.isfinite(styled[:, prefix:]).all()
+        assert torch.equal(styled[:, :prefix], torch.zeros_like(styled[:, :prefix]))
+        assert torch.isfinite(styled[:, prefix:]).all()
         del y, styled
+
+
+@pytest.mark.parametrize("size", ["cached", "small"])
+def test_fresh_token_outputs_never_show_an_earlier_tensors_data(size):
+    """Issue 22 item 14: grid_as_tokens(y) of a fresh output showed a freed tensor's values (1234.5) in its prefix
+    rows through the cache (and through malloc for small outputs). The prefix rows of a fresh output are zero."""
+    B, prefix, h, w, C = (2, 3, 40, 40, 700) if size == "cached" else (2, 2, 5, 4, 6)
+    gen = torch.Generator().manual_seed(5)
+    tokens = torch.randn(B, prefix + h * w, C, generator=gen)
+    mean, std = torch.randn(B, C, generator=gen), torch.rand(B, C, generator=gen) + 0.5
+    with use_backend("cpp"):
+        for _ in range(3):  # each output's buffer filled with the sentinel, freed, then taken by the next
+            y = local_style_mix(tokens_as_grid(tokens, h, w, prefix), mean, std, grid=1, activation=None)
+            styled = grid_as_tokens(y)
+            assert torch.equal(styled[:, :prefix], torch.zeros_like(styled[:, :prefix]))
+            expected = reference.local_style_mix(
+                tokens_as_grid(tokens, h, w, prefix).double(), mean.double()[..., None, None],
+                std.double()[..., None, None], (1, 1), None, None, 1e-5,
+            )  # fmt: skip
+            assert_close(y, expected, TOLERANCE[torch.float32])
+            styled.fill_(1234.5)
+            del y, styled
 
 
 def _run(code: str, megabytes: str) -> str:
@@ -160,3 +187,197 @@ def _child_mix(seed: int) -> float:
     torch.set_num_threads(1)  # as DataLoader workers do: OpenMP's thread pool does not survive a fork
     xs, ms, ss = _inputs(seed)
     return float(local_style_mix(xs, ms, ss, grid=1).double().sum())
+
+
+# ----------------------------------------------------------------------------- the limit, allocation failures
+
+
+DEFAULT_LIMIT = 2048 << 20
+LIMIT_VARIABLE = "STYLEDA_FAST_OUTPUT_CACHE_MB"
+
+
+def _process_bound() -> int | None:
+    """The smaller of this process's cgroup memory limit and RLIMIT_AS, read here independently of the C++ code."""
+    import resource
+
+    bounds = []
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        bounds.append(soft)
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if hierarchy == "0" and not controllers:
+            patterns = ["/sys/fs/cgroup{}/memory.max", "/sys/fs/cgroup/unified{}/memory.max"]
+        elif "memory" in controllers.split(","):
+            patterns = ["/sys/fs/cgroup/memory{}/memory.limit_in_bytes"]
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            folder = "".join("/" + p for p in parts[:depth])
+            for pattern in patterns:
+                try:
+                    value = open(pattern.format(folder)).read().split()[0]
+                except (OSError, IndexError):
+                    continue
+                if value.isdigit():
+                    bounds.append(int(value))
+    return min(bounds) if bounds else None
+
+
+def _expected_limit(configured: int) -> int:
+    bound = _process_bound()
+    return configured if bound is None else min(configured, bound // 4)
+
+
+def _limit_in_subprocess(value: str | None) -> tuple[int, str]:
+    """(output_cache_limit(), stderr) of a process whose STYLEDA_FAST_OUTPUT_CACHE_MB is ``value`` (None: unset),
+    after two cached outputs and a release (each could warn)."""
+    env = {k: v for k, v in os.environ.items() if k != LIMIT_VARIABLE}
+    if value is not None:
+        env[LIMIT_VARIABLE] = value
+    script = textwrap.dedent(f"""
+        import torch
+        from styleda_fast import local_style_mix
+        from styleda_fast.memory import output_cache_limit, release_output_cache
+        x = torch.randn({SHAPE}); mean = torch.zeros({SHAPE[:2]}); std = torch.ones({SHAPE[:2]})
+        for _ in range(2):
+            y = local_style_mix(x, mean, std, grid=1); del y
+        release_output_cache()
+        print(output_cache_limit())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1]), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "megabytes"),
+    [(None, 2048), ("", 2048), ("0", 0), ("10", 10), ("1048576", 1048576), (" 100\t", 100), ("007", 7)],
+    ids=["unset", "empty", "zero", "ten", "maximum", "spaces", "leading-zeros"],
+)
+def test_the_limit_variable_accepts_plain_decimal_megabytes(value, megabytes):
+    """Issue 22 item 6: digits only (spaces or tabs around them allowed), 0 to 1048576; no warning."""
+    limit, stderr = _limit_in_subprocess(value)
+    assert limit == _expected_limit(megabytes << 20)
+    assert LIMIT_VARIABLE not in stderr
+
+
+@pytest.mark.parametrize(
+    "value", ["-1", "17592186044416", "1048577", "abc", "1e3", "0x10", "+5", "10MB", "1 0", " ", "٣"]
+)
+def test_a_bad_limit_variable_warns_once_and_uses_the_default(value):
+    """Issue 22 item 6: -1 meant unlimited, 17592186044416 wrapped to 0 (off), the rest silently gave the default.
+    Each now warns once (the variable and its value named) and the documented default 2048 MB applies."""
+    limit, stderr = _limit_in_subprocess(value)
+    assert limit == _expected_limit(DEFAULT_LIMIT)
+    assert stderr.count(LIMIT_VARIABLE) == 1, stderr
+    assert "2048 MB" in stderr
+
+
+def _memory_script(body: str) -> str:
+    """A script that fills the cache with four idle 64 MB buffers, then lowers RLIMIT_AS to 96 MB above the address
+    space in use: anything larger than that only fits once the idle buffers are freed."""
+    return textwrap.dedent("""
+        import resource
+        import torch
+        torch.set_num_threads(1)  # no new threads (and malloc arenas) after the limit is set
+        from styleda_fast import local_style_mix
+        from styleda_fast.memory import output_cache_bytes, release_output_cache
+        MB = 1 << 20
+        x = torch.randn(1, 64, 512, 512)  # 64 MB
+        mean, std = torch.randn(1, 64), torch.rand(1, 64) + 0.5
+        big = torch.randn(1, 64, 800, 800)  # 156 MB: its output needs a new buffer
+        outputs = [local_style_mix(x, mean, std, grid=1, activation=None) for _ in range(4)]
+        del outputs
+        assert output_cache_bytes() == 4 * 64 * MB, output_cache_bytes()
+        in_use = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        resource.setrlimit(resource.RLIMIT_AS, (in_use + 96 * MB, hard))
+    """) + textwrap.dedent(body)
+
+
+def _run_memory_script(body: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != LIMIT_VARIABLE}
+    done = subprocess.run(
+        [sys.executable, "-c", _memory_script(body)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_a_plain_tensor_succeeds_once_idle_buffers_are_released():
+    """Issue 22 item 3: with 256 MB of idle cached buffers and 96 MB of address space left, a plain 160 MB tensor
+    failed with "can't allocate memory"; now the failed allocation frees the idle buffers and is tried again."""
+    out = _run_memory_script("""
+        t = torch.ones(160 * MB // 4)
+        print(output_cache_bytes(), float(t.sum()))
+    """)
+    cached, total = out.split()
+    assert int(cached) == 0 and float(total) == 160 * 2**20 // 4
+
+
+def test_a_new_output_succeeds_once_idle_buffers_are_released():
+    """Issue 22 item 3: a new output (156 MB, no cached buffer of its size) under the same limit: the failed
+    allocation frees the idle buffers and is tried again; its values are right."""
+    out = _run_memory_script("""
+        y = local_style_mix(big, mean, std, grid=1, activation=None)
+        cached = output_cache_bytes()
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+        from styleda_fast.ops.style_mix import reference
+        m, s = mean.double()[..., None, None], std.double()[..., None, None]
+        want = reference.local_style_mix(big.double(), m, s, (1, 1), None, None, 1e-5)
+        print(cached, float((y.double() - want).abs().max()))
+    """)
+    cached, error = out.split()
+    assert int(cached) == 0 and float(error) < 1e-4
+
+
+def test_the_cache_keeps_at_most_a_quarter_of_the_address_space_limit():
+    """Issue 22 item 3: the limit follows RLIMIT_AS (read again when a buffer is freed), not only the 2 GB default."""
+    script = textwrap.dedent(f"""
+        import resource
+        import torch
+        from styleda_fast.memory import output_cache_limit
+        from styleda_fast import local_style_mix
+        x = torch.randn({SHAPE}); mean = torch.zeros({SHAPE[:2]}); std = torch.ones({SHAPE[:2]})
+        before = output_cache_limit()
+        in_use = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+        soft = in_use + (1 << 30)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        print(before, output_cache_limit(), soft)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != LIMIT_VARIABLE}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    before, after, soft = map(int, done.stdout.split())
+    assert before == _expected_limit(DEFAULT_LIMIT)
+    assert after == min(before, soft // 4) and after < DEFAULT_LIMIT
+
+
+def test_without_the_extension_the_cache_functions_return_zero():
+    """Issue 22 item 1 (memory part): with styleda_fast._C blocked, output_cache_bytes() and release_output_cache()
+    raised AttributeError; there is no cache then, and they say 0."""
+    script = textwrap.dedent("""
+        import importlib.abc
+        import sys
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "styleda_fast._C":
+                    raise ImportError("blocked by the test")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        from styleda_fast.core.extension import CPP_PROBLEM
+        from styleda_fast.memory import output_cache_bytes, output_cache_limit, release_output_cache
+        assert CPP_PROBLEM is not None and "styleda_fast._C" not in sys.modules
+        print(output_cache_bytes(), release_output_cache(), output_cache_limit())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "0", "0"]

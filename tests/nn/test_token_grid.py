@@ -316,3 +316,79 @@ def test_the_tokens_gradient_reuses_the_kernels_buffer():
     assert "aten::copy_" not in ops
     grad, ops = _backward_ops(tokens_out=True)
     assert torch.isfinite(grad).all() and "aten::copy_" in ops
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("hook", ["tensor-hook", "autograd-grad"])
+def test_the_tokens_gradient_never_aliases_a_kept_grid_gradient(backend, hook):
+    """Issue 22 item 5: the tokens' gradient reused the grid-gradient buffer that a hook had kept
+    (``grid.register_hook(seen.append)``): zeroing or accumulating ``tokens.grad`` changed the kept gradient. The
+    buffer is reused only when nothing else holds it; here the tokens' gradient is a copy."""
+    B, prefix, h, w, C = 2, 2, 5, 4, 6
+    base = _tokens(B, prefix, h, w, C, seed=31)
+    sm, ss, _ = _style(B, C, (1, 1), seed=32)
+    weight = torch.randn(B, C, h, w, generator=torch.Generator().manual_seed(33), dtype=torch.float64)
+    tokens = base.clone().requires_grad_()
+    with use_backend(backend):
+        grid = tokens_as_grid(tokens, h, w, prefix)
+        y = local_style_mix(grid, sm[:, :, 0, 0], ss[:, :, 0, 0], grid=1)
+        loss = (y * weight).sum()
+        if hook == "tensor-hook":
+            seen = []
+            grid.register_hook(seen.append)
+            loss.backward(retain_graph=True)
+            kept, tokens_grad = seen[0], tokens.grad
+        else:
+            kept, tokens_grad = torch.autograd.grad(loss, [grid, tokens], retain_graph=True)
+    want = kept.clone()
+    assert torch.equal(tokens_grad[:, prefix:], want.permute(0, 2, 3, 1).reshape(B, h * w, C))
+    tokens_grad.zero_()
+    assert torch.equal(kept, want), "zeroing the tokens' gradient changed the kept grid gradient"
+    if hook == "tensor-hook":
+        loss.backward()  # accumulates into tokens.grad
+        assert torch.equal(kept, want), "accumulating the tokens' gradient changed the kept grid gradient"
+
+
+def _in_place_run(as_grid: bool, write: str, backend: str):
+    """Tokens (B, prefix + h*w, C) -> a non-leaf copy -> an in-place write into its patch grid -> a loss on the
+    tokens: with ``tokens_as_grid`` or with the plain slice view it must equal."""
+    B, prefix, h, w, C = 2, 1, 4, 3, 5
+    leaf = _tokens(B, prefix, h, w, C, seed=41).requires_grad_()
+    scale = torch.rand(C, 1, 1, generator=torch.Generator().manual_seed(42), dtype=torch.float64) + 0.5
+    scale.requires_grad_()
+    sm, ss, _ = _style(B, C, (1, 1), seed=43)
+    gen = torch.Generator().manual_seed(44)
+    weight = torch.randn(B, prefix + h * w, C, generator=gen, dtype=torch.float64)
+    tokens = leaf * 1.5
+    if as_grid:
+        grid = tokens_as_grid(tokens, h, w, prefix)
+    else:
+        grid = tokens[:, prefix:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
+    if write == "mul_":
+        grid.mul_(scale)
+    elif write == "setitem":
+        grid[:, :, 1:3, :2] = grid[:, :, 1:3, :2].detach() * 0 + scale[:, :, :1] * 2
+    else:  # a style-mixed feature map of other tokens written into it (the gradient reaches both)
+        source = (leaf * 0.5 + 1)[:, prefix:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
+        with use_backend(backend):
+            grid.copy_(local_style_mix(source, sm[:, :, 0, 0], ss[:, :, 0, 0], grid=1, activation=None))
+    loss = (tokens * weight).sum() + (grid * grid).sum()
+    loss.backward()
+    return tokens.detach(), leaf.grad, scale.grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("write", ["mul_", "setitem", "copy_"])
+def test_in_place_writes_into_the_grid_of_tokens_that_require_grad(backend, write):
+    """Issue 22 item 10: in-place writes into ``tokens_as_grid(tokens)`` raised "Output 0 of _TokenGrid is a view and
+    is being modified inplace" when the tokens required grad. They now work as on the plain slice view (float64,
+    forward values and gradients of the tokens and of what was written) and write into the tokens."""
+    got, want = _in_place_run(True, write, backend), _in_place_run(False, write, backend)
+    for what, a, b in zip(("tokens", "grad tokens", "grad scale"), got, want):
+        if b is None:
+            assert a is None, what
+        else:
+            assert_close(a, b, GRAD_TOLERANCE[torch.float64], what=what)
+    leaf = _tokens(2, 1, 2, 2, 3).requires_grad_()
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):  # as for any view of such a leaf
+        tokens_as_grid(leaf, 2, 2).mul_(2)

@@ -7,19 +7,31 @@
 // (hundreds of ms when the page cache has fragmented free memory). So freed buffers go to a cache and the next
 // output of the same size takes one, already faulted in: the CPU counterpart of PyTorch's CUDA caching allocator.
 //
-// The cache holds at most STYLEDA_FAST_OUTPUT_CACHE_MB megabytes (default 2048; 0 turns it off) of buffers that
-// no tensor uses; torch.ops.styleda_fast.release_output_cache() frees them (styleda_fast.release_output_cache()).
-// STYLEDA_FAST_HUGE_PAGES=0 turns the huge-page advice off.
+// Limit: STYLEDA_FAST_OUTPUT_CACHE_MB megabytes of buffers that no tensor uses: a plain decimal integer from 0 (off)
+// to 1048576 (1 TiB), spaces or tabs around it allowed; unset or empty: 2048. Any other value (-1, 1e3, 0x10, abc,
+// too large) warns once, naming the variable, and uses 2048. The cache also keeps at most a quarter of what the
+// process may use: the smaller of its cgroup's memory limit (v2 memory.max, v1 memory.limit_in_bytes) and its
+// address-space limit (RLIMIT_AS, read again whenever a buffer is freed).
+//
+// Allocation failures: when a new output buffer cannot be allocated, or any CPU tensor (the CPU allocator is wrapped
+// while the extension is loaded), the idle cached buffers are freed and the allocation is tried once more, as
+// PyTorch's CUDA caching allocator does. torch.ops.styleda_fast.release_output_cache() frees them on request
+// (styleda_fast.memory.release_output_cache()). STYLEDA_FAST_HUGE_PAGES=0 turns the huge-page advice off.
 #include "output_buffers.h"
 
 #include "common.h"
 
+#include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <limits>
 #include <list>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,6 +39,7 @@
 #ifdef __linux__
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #endif
 
 namespace styleda_fast {
@@ -34,13 +47,109 @@ namespace {
 
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kCachedMinimum = 4 * kHugePage;  // smaller outputs: at::empty (glibc keeps those itself)
+constexpr size_t kUnlimited = std::numeric_limits<size_t>::max();
+constexpr const char* kLimitVariable = "STYLEDA_FAST_OUTPUT_CACHE_MB";
+constexpr uint64_t kDefaultMegabytes = 2048;
+constexpr uint64_t kMaxMegabytes = uint64_t(1) << 20;
 
-size_t env_megabytes(const char* name, size_t fallback) {
-  const char* value = std::getenv(name);
-  if (value == nullptr || *value == '\0') return fallback;
-  char* end = nullptr;
-  const unsigned long long mb = std::strtoull(value, &end, 10);
-  return end != nullptr && *end == '\0' ? size_t(mb) : fallback;
+// The digits of `text` as a number if it is a plain decimal integer in [0, kMaxMegabytes] with only spaces or tabs
+// around it; else kUnlimited.
+size_t parse_megabytes(const std::string& text) {
+  const size_t begin = text.find_first_not_of(" \t");
+  if (begin == std::string::npos) return kUnlimited;
+  const size_t end = text.find_last_not_of(" \t") + 1;
+  uint64_t value = 0;
+  for (size_t i = begin; i < end; ++i) {
+    if (text[i] < '0' || text[i] > '9') return kUnlimited;
+    value = value * 10 + uint64_t(text[i] - '0');
+    if (value > kMaxMegabytes) return kUnlimited;
+  }
+  return size_t(value);
+}
+
+// STYLEDA_FAST_OUTPUT_CACHE_MB in bytes, read once (see the top of this file).
+size_t configured_limit() {
+  static const size_t limit = [] {
+    const char* value = std::getenv(kLimitVariable);
+    if (value == nullptr || *value == '\0') return size_t(kDefaultMegabytes) << 20;
+    const size_t megabytes = parse_megabytes(value);
+    if (megabytes != kUnlimited) return megabytes << 20;
+    std::string shown(value);
+    if (shown.size() > 40) shown = shown.substr(0, 40) + "...";
+    TORCH_WARN(kLimitVariable, "='", shown, "' is not a whole number of megabytes from 0 to ", kMaxMegabytes,
+               " (digits only); the output cache keeps the default ", kDefaultMegabytes, " MB");
+    return size_t(kDefaultMegabytes) << 20;
+  }();
+  return limit;
+}
+
+#ifdef __linux__
+// The first number (or "max") in a cgroup limit file; kUnlimited if it is missing or says "max".
+size_t read_cgroup_file(const std::string& path) {
+  std::ifstream file(path);
+  std::string word;
+  if (!(file >> word) || word == "max" || word.empty()) return kUnlimited;
+  size_t value = 0;
+  for (char c : word) {
+    if (c < '0' || c > '9') return kUnlimited;
+    if (value > (kUnlimited - 9) / 10) return kUnlimited;
+    value = value * 10 + size_t(c - '0');
+  }
+  return value;
+}
+
+// The smallest memory limit of the process's cgroup and its ancestors (v2 and v1, at the usual mount points).
+size_t cgroup_limit() {
+  static const size_t limit = [] {
+    size_t smallest = kUnlimited;
+    std::ifstream cgroups("/proc/self/cgroup");
+    std::string line;
+    while (std::getline(cgroups, line)) {
+      const size_t first = line.find(':'), second = line.find(':', first + 1);
+      if (first == std::string::npos || second == std::string::npos) continue;
+      const std::string hierarchy = line.substr(0, first), controllers = line.substr(first + 1, second - first - 1);
+      std::string path = line.substr(second + 1);
+      std::vector<std::string> files;
+      if (hierarchy == "0" && controllers.empty()) {
+        files = {"/sys/fs/cgroup", "/sys/fs/cgroup/unified"};
+        for (auto& f : files) f += "%s/memory.max";
+      } else if (("," + controllers + ",").find(",memory,") != std::string::npos) {
+        files = {"/sys/fs/cgroup/memory%s/memory.limit_in_bytes"};
+      } else {
+        continue;
+      }
+      while (true) {  // the cgroup and each ancestor up to the root
+        const std::string dir = path == "/" ? "" : path;
+        for (const auto& pattern : files) {
+          std::string file = pattern;
+          file.replace(file.find("%s"), 2, dir);
+          smallest = std::min(smallest, read_cgroup_file(file));
+        }
+        if (dir.empty()) break;
+        const size_t slash = path.find_last_of('/');
+        path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+      }
+    }
+    return smallest;
+  }();
+  return limit;
+}
+
+size_t address_space_limit() {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_AS, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return kUnlimited;
+  return size_t(limit.rlim_cur);
+}
+#endif
+
+// The most idle buffer bytes the cache keeps: the configured limit, and a quarter of what the process may use.
+size_t cache_limit() {
+  size_t limit = configured_limit();
+#ifdef __linux__
+  const size_t process = std::min(cgroup_limit(), address_space_limit());
+  if (process != kUnlimited) limit = std::min(limit, process / 4);
+#endif
+  return limit;
 }
 
 bool huge_pages_enabled() {
@@ -54,6 +163,8 @@ bool huge_pages_enabled() {
 // Freed buffers by size, the most recently freed first. Sizes are whole huge pages.
 class BufferCache {
  public:
+  BufferCache() { configured_limit(); }  // the limit's warning, if any, on first use (from Python, not a deleter)
+
   void* take(size_t size) {
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto it = free_.begin(); it != free_.end(); ++it) {
@@ -69,12 +180,13 @@ class BufferCache {
 
   // Keeps the buffer unless that would exceed the limit; the oldest buffers go first to make room.
   void give(void* data, size_t size) {
+    const size_t limit = cache_limit();
     std::lock_guard<std::mutex> lock(mutex_);
-    if (size > limit_) {
+    if (size > limit) {
       std::free(data);
       return;
     }
-    while (cached_ + size > limit_ && !free_.empty()) {
+    while (cached_ + size > limit && !free_.empty()) {
       std::free(free_.back().second);
       cached_ -= free_.back().first;
       free_.pop_back();
@@ -104,7 +216,6 @@ class BufferCache {
   std::mutex mutex_;
   std::list<std::pair<size_t, void*>> free_;
   size_t cached_ = 0;
-  const size_t limit_ = env_megabytes("STYLEDA_FAST_OUTPUT_CACHE_MB", 2048) << 20;
 };
 
 // Never destroyed: tensors may be freed during interpreter shutdown, after static destructors would have run.
@@ -121,8 +232,42 @@ BufferCache& cache() {
   return *instance;
 }
 
+// The CPU allocator that at::empty and every CPU tensor use, wrapped: an allocation that fails while the cache holds
+// idle buffers is tried once more after freeing them.
+class ReleasingCPUAllocator final : public c10::Allocator {
+ public:
+  explicit ReleasingCPUAllocator(c10::Allocator* inner) : inner_(inner) {}
+
+  c10::DataPtr allocate(size_t n) override {
+    try {
+      return inner_->allocate(n);
+    } catch (const c10::Error&) {
+      if (cache().release() == 0) throw;
+    }
+    return inner_->allocate(n);
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return inner_->raw_deleter(); }
+  bool is_simple_data_ptr(const c10::DataPtr& data_ptr) const override {
+    return inner_->is_simple_data_ptr(data_ptr);
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    inner_->copy_data(dest, src, count);
+  }
+
+ private:
+  c10::Allocator* inner_;
+};
+
+// Installed when the extension loads; never destroyed (storages keep a pointer to their allocator).
+[[maybe_unused]] const bool releasing_allocator_installed = [] {
+  c10::SetCPUAllocator(new ReleasingCPUAllocator(c10::GetCPUAllocator()));
+  return true;
+}();
+
 void* new_buffer(size_t size) {
   void* data = std::aligned_alloc(kHugePage, size);
+  if (data == nullptr && cache().release() > 0) data = std::aligned_alloc(kHugePage, size);  // retry once
 #ifdef __linux__
   if (data != nullptr && huge_pages_enabled()) madvise(data, size, MADV_HUGEPAGE);  // advisory
 #endif
@@ -130,6 +275,11 @@ void* new_buffer(size_t size) {
 }
 
 int64_t release_output_cache() { return cache().release(); }
+
+int64_t output_cache_limit() {
+  cache();
+  return int64_t(cache_limit());
+}
 
 // An uninitialised tensor with x's sizes, dtype and strides (x's if dense, else NCHW-contiguous) from the cache,
 // for elementwise results written with out= (e.g. a backward's grad_y * scale).
@@ -147,6 +297,28 @@ at::Tensor empty_cached_like(const at::Tensor& x) {
 
 int64_t output_cache_bytes() { return cache().cached_bytes(); }
 
+// Zeroes the elements of a fresh buffer that the output does not address (the prefix rows of a token grid's output:
+// before, between and after its images), so that no data of an earlier tensor shows through them (grid_as_tokens).
+void zero_gaps(void* data, at::IntArrayRef sizes, at::IntArrayRef strides, int64_t offset, int64_t elements,
+               size_t itemsize) {
+  auto zero = [&](int64_t begin, int64_t end) {
+    if (end > begin) std::memset(static_cast<char*>(data) + begin * itemsize, 0, size_t(end - begin) * itemsize);
+  };
+  const int64_t spanned = int64_t(at::detail::computeStorageNbytes(sizes, strides, 1));
+  if (offset == 0 && spanned == elements) return;  // dense: no gaps
+  if (sizes.empty() || spanned == 0) return zero(0, elements);
+  const int64_t batch = sizes[0], batch_stride = strides[0];
+  const int64_t image = sizes.size() == 1 ? 1 : int64_t(at::detail::computeStorageNbytes(sizes.slice(1), strides.slice(1), 1));
+  if (batch > 1 && batch_stride < image) return zero(0, elements);  // images interleave: the kernel writes it all
+  int64_t covered = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t begin = offset + b * batch_stride;
+    zero(covered, begin);
+    covered = begin + image;
+  }
+  zero(covered, elements);
+}
+
 }  // namespace
 
 at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides, int64_t offset, int64_t elements,
@@ -159,11 +331,13 @@ at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides, int64_t 
     data = cache().take(size);
     if (data == nullptr) data = new_buffer(size);
   }
-  if (data == nullptr) {
+  if (data == nullptr) {  // small, or no memory for a huge-page buffer: at::empty (which reports a failure)
     if (offset == 0 && at::detail::computeStorageNbytes(sizes, strides, 1) == size_t(elements))
       return at::empty_strided(sizes, strides, options);
     // set_, not as_strided: the output owns its storage alone, it is not a view of a temporary buffer
-    return at::empty({0}, options).set_(at::empty({elements}, options).storage(), offset, sizes, strides);
+    at::Tensor buffer = at::empty({elements}, options);
+    zero_gaps(buffer.data_ptr(), sizes, strides, offset, elements, options.dtype().itemsize());
+    return at::empty({0}, options).set_(buffer.storage(), offset, sizes, strides);
   }
   at::Tensor out = at::for_blob(data, sizes)
                        .strides(strides)
@@ -176,6 +350,7 @@ at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides, int64_t 
   const auto& context = at::globalContext();
   if (context.deterministicAlgorithms() && context.deterministicFillUninitializedMemory() && out.is_floating_point())
     at::from_blob(data, {elements}, options).fill_(std::numeric_limits<double>::quiet_NaN());
+  zero_gaps(data, sizes, strides, offset, elements, options.dtype().itemsize());
   return out;
 }
 
@@ -184,11 +359,14 @@ TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
   m.def("release_output_cache() -> int");
   // Bytes held by the output cache in buffers that no tensor uses.
   m.def("output_cache_bytes() -> int");
+  // The most idle bytes the cache keeps now: STYLEDA_FAST_OUTPUT_CACHE_MB, bounded by the process's memory limits.
+  m.def("output_cache_limit() -> int");
   // Uninitialised, x's sizes and dtype and (if x is dense) strides, from the cache when large.
   m.def("empty_cached_like(Tensor x) -> Tensor");
   m.impl("empty_cached_like", c10::DispatchKey::CPU, &empty_cached_like);
   m.impl("release_output_cache", c10::DispatchKey::CompositeExplicitAutograd, &release_output_cache);
   m.impl("output_cache_bytes", c10::DispatchKey::CompositeExplicitAutograd, &output_cache_bytes);
+  m.impl("output_cache_limit", c10::DispatchKey::CompositeExplicitAutograd, &output_cache_limit);
 }
 
 }  // namespace styleda_fast
