@@ -65,6 +65,7 @@ def _mine(argv: list[str]) -> int:
         previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         from styleda_fast.mining.command import MineError, add_arguments, run
+        from styleda_fast.mining.progress import printable
 
         parser = argparse.ArgumentParser(prog="styleda-fast mine")
         add_arguments(parser)
@@ -72,7 +73,7 @@ def _mine(argv: list[str]) -> int:
         try:
             return run(args, argv)
         except MineError as exc:
-            print(f"styleda-fast mine: error: {exc}", file=sys.stderr)
+            print(f"styleda-fast mine: error: {printable(str(exc))}", file=sys.stderr)
             return 2
     except KeyboardInterrupt as exc:  # before the run started: nothing to keep
         signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT

@@ -6,6 +6,13 @@ import shutil
 import sys
 import time
 
+
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of file names (lone surrogates) escaped as ``\\xNN``: printable on any
+    stream, whatever its error handler."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 PROGRESS_EVERY_S = 30.0  # when stderr is not a terminal: a progress line at most this often (and one per chunk)
 
 
@@ -31,7 +38,7 @@ class Console:
         if self.quiet:
             return
         self.end_line()
-        print(message, file=sys.stderr if err else sys.stdout, flush=True)
+        print(printable(message), file=sys.stderr if err else sys.stdout, flush=True)
 
     def progress(self, text: str, *, final: bool = False) -> None:
         if self.quiet:
