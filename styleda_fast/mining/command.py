@@ -304,6 +304,14 @@ def interrupted_message(state: RunState) -> str:
 
 
 def _run(config: MineConfig, console: Console, state: RunState) -> StyleBank | None:
+    threads = torch.get_num_threads()
+    try:
+        return _stages(config, console, state)
+    finally:
+        torch.set_num_threads(threads)  # --threads is this run's, not the calling program's
+
+
+def _stages(config: MineConfig, console: Console, state: RunState) -> StyleBank | None:
     try:
         import open_clip  # noqa: F401
         import PIL  # noqa: F401
