@@ -15,13 +15,6 @@ from styleda_fast.devtools.testing import assert_close  # noqa: E402
 from styleda_fast.mining.engine import clip_image_head, clip_image_tail, mine_styles  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def rn50():
-    torch.manual_seed(0)
-    model = open_clip.create_model("RN50", pretrained=None)
-    return model.eval()
-
-
 def _items(n, size=20, seed=0):
     """Content without exact zeros: on ReLU outputs (real layer1 features), the first step's pre-activation at a
     zero pixel is 0 up to rounding, so which of those pixels pass the ReLU is decided by rounding noise, in the
