@@ -179,7 +179,8 @@ def test_openai_weights_without_network_fail_fast(dataset, tmp_path):
     started = time.monotonic()
     done = mine(*args, common=False, check=False, env={**env, "HF_HUB_OFFLINE": "1"})
     assert_one_line_error(done, "--clip-weights openai", "not in the cache", "--clip-weights none")
-    assert time.monotonic() - started < baseline + 10
+    offline = time.monotonic() - started  # the same checks, the cache look-up included, without the probe
+    assert offline < 2 * baseline + 10
     try:
         socket.getaddrinfo("huggingface.co", 443)
         return  # a network: the command would download the weights
@@ -188,7 +189,7 @@ def test_openai_weights_without_network_fail_fast(dataset, tmp_path):
     started = time.monotonic()
     done = mine(*args, common=False, check=False, env=env)
     assert_one_line_error(done, "cannot be reached", "--clip-weights none")
-    assert time.monotonic() - started < baseline + 10
+    assert time.monotonic() - started < 2 * offline + 10, "a probe of a few seconds, not a download's timeout"
     assert "initialized randomly" not in done.stdout + done.stderr
 
 
