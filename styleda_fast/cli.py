@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["mine"]:
+        return _mine(argv)
     if argv[:1] == ["gpu-report"]:  # its own options (see `styleda-fast gpu-report --help`)
         from styleda_fast.devtools.gpu_report import main as gpu_report
 
@@ -50,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         add_help=False,
         help="compile the Triton kernels for sm_80/sm_90 (no GPU needed): registers, spills, occupancy, vector width",
     )
-    from styleda_fast.mining.command import add_arguments
-
-    add_arguments(sub.add_parser("mine", help="mine styles from a folder of images into a StyleBank"))
+    sub.add_parser("mine", add_help=False, help="mine styles from a folder of images into a StyleBank")
     from styleda_fast.bank.info import add_arguments as add_bank_arguments
 
     add_bank_arguments(sub.add_parser("bank", help="describe a style bank: 'styleda-fast bank info FILE [--json]'"))
@@ -62,14 +64,6 @@ def main(argv: list[str] | None = None) -> int:
 
         run(args.device, args.out, args.quick, not args.no_compile, args.family, full=args.full,
             busy_neighbour=args.busy_neighbour)  # fmt: skip
-    elif args.command == "mine":
-        from styleda_fast.mining.command import MineError, run
-
-        try:
-            return run(args)
-        except MineError as exc:
-            print(f"styleda-fast mine: error: {exc}", file=sys.stderr)
-            return 2
     elif args.command == "bank":
         from styleda_fast.bank.info import run as bank_run
 
@@ -80,6 +74,37 @@ def main(argv: list[str] | None = None) -> int:
         for name, status in backends().items():
             print(f"{name:10} {'available' if status.available else 'unavailable':12} {status.detail}")
     return 0
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt(signum)
+
+
+def _mine(argv: list[str]) -> int:
+    """``styleda-fast mine``: Ctrl-C and SIGTERM stop it without a traceback from its first statement on (exit
+    status 128 + the signal; the finished chunks are kept); the previous handlers are restored on return."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        from styleda_fast.mining.command import MineError, add_arguments, run
+        from styleda_fast.mining.progress import printable
+
+        parser = argparse.ArgumentParser(prog="styleda-fast mine")
+        add_arguments(parser)
+        args = parser.parse_args(argv[1:])
+        try:
+            return run(args, argv)
+        except MineError as exc:
+            print(f"styleda-fast mine: error: {printable(str(exc))}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt as exc:  # before the run started: nothing to keep
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+        print("styleda-fast mine: interrupted before mining started; nothing was written", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from styleda_fast.core.checks import check_features, check_int, check_number
+from styleda_fast.core.checks import check_features, check_int, check_number, normalize_grid
 from styleda_fast.nn.tokens import grid_as_tokens, grid_prefix, tokens_as_grid
+from styleda_fast.ops.class_stats import patch_dominant_class
 from styleda_fast.ops.style_mix import local_style_mix, patch_mean_std
-from styleda_fast.ops.text import clip_cosine_loss, noisy_style_features
+from styleda_fast.ops.text import clip_cosine_loss, draw_seed, noisy_style_features
+from styleda_fast.ops.text import reference as text_reference
 
 STD_FLOOR = 1e-5**0.5
 """Smallest std a mined style keeps (``final_clamp``): ``sqrt(eps)`` with the ``eps = 1e-5`` that instance
@@ -91,6 +93,12 @@ class ClipImageTail(nn.Module):
     def _attention_pool(self, x: Tensor) -> Tensor:
         """open_clip's AttentionPool2d, returning token 0 without computing the other tokens' outputs."""
         pool = self.attnpool
+        if x.shape[2] * x.shape[3] + 1 != pool.positional_embedding.shape[0]:
+            side = round((pool.positional_embedding.shape[0] - 1) ** 0.5)
+            raise ValueError(
+                f"the attention pool takes a {side}x{side} grid (layer1 features of {side * 8}x{side * 8}), got "
+                f"{x.shape[2]}x{x.shape[3]}; use pool_to={side * 8}"
+            )
         x = x.flatten(2).permute(2, 0, 1)  # (HW, N, C)
         x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0) + pool.positional_embedding[:, None, :].to(x.dtype)
         out, _ = F.multi_head_attention_forward(
@@ -128,14 +136,14 @@ def _check_modified_resnet(visual) -> None:
         )
 
 
-def _is_vision_transformer(visual) -> bool:
+def is_vision_transformer(visual) -> bool:
     needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "_pool")
     return isinstance(visual, nn.Module) and all(hasattr(visual, n) for n in needed)
 
 
 def _check_split_block(visual, split_block) -> int:
     """``split_block`` for a VisionTransformer (required, in ``[0, layers]``); ``TypeError`` for a ResNet."""
-    if not _is_vision_transformer(visual):
+    if not is_vision_transformer(visual):
         _check_modified_resnet(visual)
         if split_block is not None:
             raise TypeError("split_block is for VisionTransformers; a ModifiedResNet splits after layer1")
@@ -394,6 +402,8 @@ def mine_styles(
     ``clip_cosine_loss``. On ReLU content (real layer1 features) the first step's pre-activation of a zero pixel is
     0 up to rounding, so which of those pixels pass the ReLU is rounding noise, in the public code as here.
     """
+    if not isinstance(tail, nn.Module):
+        raise TypeError(f"tail must be an nn.Module (e.g. clip_image_tail(model.visual)), got {type(tail).__name__}")
     check_features(content, "content")
     if activation == "auto":
         activation = getattr(tail, "activation", "relu")
@@ -433,6 +443,11 @@ def mine_styles(
         step_progress(steps_done, steps_total)
 
     weights = _item_weights(reference_batch_size, n, content.device)
+    sgd = SGDSettings(steps, lr, momentum, weight_decay, clamp_std)
+    synthesis = SynthesisSettings(
+        activation, prefix, feature_noise, seed if seed is not None or not feature_noise else draw_seed(),
+        detach_norm, autocast_dtype, channels_last,
+    )  # fmt: skip
     tail.eval()
     if channels_last:
         tail.to(memory_format=torch.channels_last)
@@ -441,12 +456,11 @@ def mine_styles(
     targets = F.normalize(targets.float(), dim=-1)
     means, stds, losses = [], [], []
     for chunk in chunks:
-        result = _optimize_item_batch(
-            tail, content[chunk.start : chunk.stop].detach(), targets[chunk.start : chunk.stop],
-            weights[chunk.start : chunk.stop], steps, lr, momentum, weight_decay, feature_noise, seed,
-            item_offset + chunk.start, detach_norm, clamp_std, autocast_dtype, channels_last,
-            count_step if step_progress is not None else None, activation, prefix,
+        items = ItemBatch(
+            content[chunk.start : chunk.stop].detach(), targets[chunk.start : chunk.stop],
+            weights[chunk.start : chunk.stop], item_offset + chunk.start,
         )  # fmt: skip
+        result = _optimize_item_batch(tail, items, sgd, synthesis, count_step if step_progress is not None else None)
         means.append(result.mean)
         stds.append(result.std.clamp_min(STD_FLOOR) if final_clamp else result.std)
         losses.append(result.loss)
@@ -458,16 +472,16 @@ def mine_styles(
     return MiningResult(torch.cat(means), torch.cat(stds), torch.cat(losses))
 
 
-def derived_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for item (or chunk) ``index`` of a run seeded with ``seed``; independent of any batching."""
-    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+def derived_seed(seed: int, index: int, stream: str = "") -> int:
+    """A 63-bit seed for item (or chunk) ``index`` of a run seeded with ``seed``; independent of any batching.
+    ``stream`` names an independent family of seeds (e.g. ``"text-noise"``)."""
+    key = f"{seed}:{index}" if not stream else f"{seed}:{stream}:{index}"
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
 def _feature_noise(like: Tensor, seed: int, step: int) -> Tensor:
     """Standard normals shaped like one item ``(C, H, W)``, in its NCHW element order, keyed by ``(seed, step)``."""
-    from styleda_fast.ops.text import reference as text_reference
-
     return text_reference.feature_noise(like.numel(), seed, step).view(like.shape).to(like.device, like.dtype)
 
 
@@ -483,24 +497,68 @@ def _weighted_loss(embeddings: Tensor, targets: Tensor, weights: Tensor, detach_
     return total
 
 
+@dataclasses.dataclass(frozen=True)
+class SGDSettings:
+    """The optimizer of :func:`mine_styles`: ``steps`` SGD steps (``lr``, ``momentum``, ``weight_decay``);
+    ``clamp_std`` clamps the trainable std at 0 before each step (PODA)."""
+
+    steps: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    clamp_std: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisSettings:
+    """How :func:`mine_styles` builds and scores the synthesized features: ``activation`` ("relu" or None),
+    ``prefix`` tokens of a ViT token grid (0: plain features), Gaussian ``feature_noise`` keyed by ``seed`` (a run
+    seed; each item's draws by its global index), the loss' ``detach_norm``, the tail's ``autocast_dtype`` and
+    ``channels_last`` layout."""
+
+    activation: str | None
+    prefix: int
+    feature_noise: float
+    seed: int | None
+    detach_norm: bool
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemBatch:
+    """Items optimized together: ``content (n, C, H, W)``, unit ``targets (n, D)``, loss ``weights (n,)``, and
+    ``first_item``, the global index of ``content[0]`` (keys its feature noise)."""
+
+    content: Tensor
+    targets: Tensor
+    weights: Tensor
+    first_item: int
+
+
 def _optimize_item_batch(
-    tail, content, targets, weights, steps, lr, momentum, weight_decay, feature_noise, seed, first_item,
-    detach_norm, clamp_std, autocast_dtype, channels_last, after_step, activation="relu", prefix=0,
+    tail: nn.Module, items: ItemBatch, sgd: SGDSettings, synthesis: SynthesisSettings,
+    after_step: Callable[[], None] | None,
 ) -> MiningResult:  # fmt: skip
-    """``steps`` SGD steps on the styles of one batch of items (optimized together); their raw final styles.
-    ``prefix``: content is a token grid; the synthesized grid gets the content's prefix tokens back (a ViT tail)."""
+    """``sgd.steps`` SGD steps on the styles of one batch of items (optimized together); their raw final styles.
+    With ``synthesis.prefix``, content is a token grid and the synthesized grid gets the content's prefix tokens
+    back (a ViT tail)."""
+    content, targets, weights = items.content, items.targets, items.weights
+    prefix, activation, feature_noise = synthesis.prefix, synthesis.activation, synthesis.feature_noise
+    channels_last, autocast_dtype = synthesis.channels_last, synthesis.autocast_dtype
     mean0, std0 = patch_mean_std(content, 1)
     prefix_tokens = grid_as_tokens(content)[:, :prefix].float() if prefix else None
     style_mean = mean0.flatten(1).float().clone().requires_grad_()
     style_std = std0.flatten(1).float().clone().requires_grad_()
-    optimizer = torch.optim.SGD([style_mean, style_std], lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimizer = torch.optim.SGD(
+        [style_mean, style_std], lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay
+    )
     if feature_noise:
         normalized = ((content - mean0) / std0).float()  # xn, computed once
-        base = torch.randint(0, 2**62, ()).item() if seed is None else seed
-        item_seeds = [derived_seed(base, first_item + i) for i in range(content.shape[0])]
+        item_seeds = [derived_seed(synthesis.seed, items.first_item + i) for i in range(content.shape[0])]
     device_type = content.device.type
-    for step in range(steps):
-        if clamp_std:
+    for step in range(sgd.steps):
+        if sgd.clamp_std:
             with torch.no_grad():
                 style_std.clamp_(min=0)
         if feature_noise and activation == "relu":  # a fresh draw per step and item, keyed by (item seed, step)
@@ -528,14 +586,14 @@ def _optimize_item_batch(
             features = features.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             embeddings = tail(features)
-        loss = _weighted_loss(embeddings.float(), targets, weights, detach_norm)
+        loss = _weighted_loss(embeddings.float(), targets, weights, synthesis.detach_norm)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         last_embeddings = embeddings.detach().float()
         if after_step is not None:
             after_step()
-    if steps == 0:
+    if sgd.steps == 0:
         item_loss = torch.full((content.shape[0],), float("nan"), device=content.device)
     else:
         item_loss = 1 - F.cosine_similarity(last_embeddings, targets, dim=-1)
@@ -591,10 +649,9 @@ def select_patches(
         :class:`PatchSelection`; give ``content`` to :func:`mine_styles` with the text targets of ``class_ids``
         (``famix_descriptions`` + ``encode_prompts``).
     """
-    from styleda_fast.core.checks import normalize_grid
-    from styleda_fast.ops.class_stats import patch_dominant_class
-
     check_features(features, "features")
+    if features.shape[0] == 0:
+        raise ValueError("features must hold at least one image (B >= 1), got B = 0")
     if not isinstance(labels, Tensor) or labels.dim() != 3 or labels.shape[0] != features.shape[0]:
         raise ValueError(f"labels must be (B, Hl, Wl) with B = {features.shape[0]}")
     gh, gw = normalize_grid(grid, features.shape[2], features.shape[3])

@@ -17,20 +17,17 @@ import pytest
 import torch
 
 pytest.importorskip("open_clip")
-import test_command as shared  # noqa: E402
+from mine_helpers import COMMON, REFERENCE, ROOT, mine, same_bank  # noqa: E402
 from test_command_checks import assert_one_line_error  # noqa: E402
-from test_command import ROOT, mine  # noqa: E402
 from test_mine_styles import copy_files  # noqa: E402
 
 from styleda_fast.bank.style_bank import StyleBank  # noqa: E402
 
-dataset = shared.dataset  # 5 images of 64x64 and their label maps
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def command(*args) -> list[str]:
-    common = ["--clip-weights", "none", "--steps", "1", "--batch-size", "2", "--seed", "3", "--templates", "2"]
-    return [sys.executable, "-m", "styleda_fast.cli", "mine", *common, *args]
+    return [sys.executable, "-m", "styleda_fast.cli", "mine", *COMMON, *args]
 
 
 def wait_for(condition, process, what: str, timeout: float = 300) -> None:
@@ -65,6 +62,7 @@ def test_failed_and_changed_starts_do_not_block_the_next(dataset, tmp_path):
     assert torch.equal(silent.mean, restarted.mean) and torch.equal(silent.std, restarted.std)
 
 
+@pytest.mark.slow
 def test_one_run_per_output_and_a_killed_run_does_not_block(dataset, tmp_path):
     images, _ = dataset
     out, lock = tmp_path / "bank.safetensors", tmp_path / "bank.safetensors.lock"
@@ -83,12 +81,11 @@ def test_one_run_per_output_and_a_killed_run_does_not_block(dataset, tmp_path):
     assert len(StyleBank.load(out)) == 5 and not lock.exists()
 
 
-def test_ctrl_c_keeps_the_finished_chunks_and_prints_the_resume_command(dataset, tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_chunks_and_prints_the_resume_command(dataset, reference_bank, tmp_path):
     images, _ = dataset
-    whole, out = tmp_path / "whole.safetensors", tmp_path / "bank.safetensors"
-    parts = tmp_path / "bank.safetensors.parts"
-    args = ["--images", str(images), "--prompt", "x", "--batch-size", "1", "--steps", "2"]
-    mine(*args, "--out", str(whole))
+    out, parts = tmp_path / "bank.safetensors", tmp_path / "bank.safetensors.parts"
+    args = ["--images", str(images), *REFERENCE]
     run = subprocess.Popen(command(*args, "--out", str(out)), env=ENV, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_for(lambda: list(parts.glob("chunk-*.safetensors")), run, "finished chunk")
@@ -99,17 +96,18 @@ def test_ctrl_c_keeps_the_finished_chunks_and_prints_the_resume_command(dataset,
     assert run.returncode == 130, stdout + stderr
     assert "Traceback" not in stdout + stderr and "KeyboardInterrupt" not in stderr
     *progress, last = stderr.strip().splitlines()
-    assert "\r" not in stderr and all(re.match(r"mining chunk \d+/5 done .*, ETA ", line) for line in progress)
+    progress_line = r"mining chunk \d+/3(: step \d+/\d+| done .*), ETA "  # a step line every 30 s, one per chunk
+    assert "\r" not in stderr and all(re.match(progress_line, line) for line in progress), stderr
     found = re.fullmatch(r"interrupted: (\d+) finished chunk\(s\) kept in (.+); resume with: (.+)", last)
     assert found, last
     assert int(found[1]) == len(list(parts.glob("chunk-*.safetensors"))) >= 1 and found[2] == str(parts)
     resumed = subprocess.run(shlex.split(found[3]), env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"{found[1]} chunks done before" in resumed.stdout
-    a, b = StyleBank.load(whole), StyleBank.load(out)
-    assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
+    assert same_bank(StyleBank.load(reference_bank[0]), StyleBank.load(out))
 
 
+@pytest.mark.slow
 def test_progress_on_a_terminal_and_errors_on_a_line_of_their_own(dataset, tmp_path):
     """stdout and stderr on a terminal (a pseudo-terminal): the progress line shows the steps and the time left,
     redrawn in place; the error of a broken image in the second chunk starts on a new line."""
@@ -147,6 +145,7 @@ def _namespace_works() -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _namespace_works(), reason="needs unshare -rm (a user and mount namespace) for a tmpfs")
 def test_full_and_read_only_file_systems(dataset, tmp_path):
     """A small tmpfs fills up while the chunks are written (ENOSPC); a read-only one is refused before mining.

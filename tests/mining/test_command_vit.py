@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("open_clip")
 
-from test_command import mine as mine_command  # noqa: E402
-from test_command import write_dataset  # noqa: E402
+from mine_helpers import mine as mine_command  # noqa: E402
+from mine_helpers import write_dataset  # noqa: E402
 
 from styleda_fast.bank.style_bank import StyleBank  # noqa: E402
 
@@ -35,6 +35,7 @@ def mine(*args, check=True):
     return mine_command(*args, check=check, timeout=900)
 
 
+@pytest.mark.slow
 def test_global_and_patch_mining_on_vit_tokens(dataset, tmp_path):
     images, labels = dataset
     out = tmp_path / "global.safetensors"

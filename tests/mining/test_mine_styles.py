@@ -8,13 +8,10 @@ import pytest
 import torch
 
 pytest.importorskip("open_clip")
-import test_command as shared  # noqa: E402
+from mine_helpers import mine, write_dataset  # noqa: E402
 from test_command_checks import assert_one_line_error  # noqa: E402
-from test_command import mine, write_dataset  # noqa: E402
 
 from styleda_fast.bank.style_bank import StyleBank  # noqa: E402
-
-dataset = shared.dataset  # 5 images of 64x64 and their label maps
 
 
 def copy_files(source, folder, n: int | None = None):
