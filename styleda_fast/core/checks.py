@@ -221,7 +221,7 @@ def kernel_layout(x: Tensor) -> Tensor:
 
 def empty_kernel_output(x: Tensor) -> Tensor:
     """A fresh ``(B, C, H, W)`` output as the style-mix kernels (C++ and Triton; the fake kernels report the same)
-    allocate it for input ``x``, uninitialised: x's own strides when they address x directly, in a buffer of
+    allocate it for input ``x``, uninitialised (but for the zeroed gaps between images): x's own strides when they address x directly, in a buffer of
     ``B * batch_stride`` elements that the output ends (so a token grid's output has room for the prefix tokens
     before each image); else NCHW-contiguous, like the copy they make of such an x."""
     B, C, H, W = x.shape
@@ -230,6 +230,8 @@ def empty_kernel_output(x: Tensor) -> Tensor:
         strides = x.stride() if layout is not None else (C * H * W, H * W, W, 1)
         return torch.empty_strided(x.shape, strides, dtype=x.dtype, device=x.device)
     buffer = torch.empty((B * layout[1],), dtype=x.dtype, device=x.device)
+    # the gap before each image (a token grid's prefix rows) is zeroed: never another tensor's stale data
+    buffer.view(B, layout[1])[:, : layout[1] - C * H * W].zero_()
     # set_, not as_strided: the output owns its storage alone (not a view of a temporary), as the C++ kernels' own
     return torch.empty(0, dtype=x.dtype, device=x.device).set_(
         buffer.untyped_storage(), layout[1] - C * H * W, x.shape, x.stride()

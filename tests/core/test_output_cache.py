@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import TOLERANCE, assert_close
 
-from styleda_fast import grid_as_tokens, local_style_mix, tokens_as_grid, use_backend
+from styleda_fast import backends, grid_as_tokens, local_style_mix, tokens_as_grid, use_backend
 from styleda_fast.memory import output_cache_bytes, release_output_cache
 from styleda_fast.ops.style_mix import reference
 
@@ -112,15 +112,17 @@ def test_reused_buffers_are_poisoned_like_fresh_memory():
         del y, styled
 
 
-@pytest.mark.parametrize("size", ["cached", "small"])
-def test_fresh_token_outputs_never_show_an_earlier_tensors_data(size):
+@pytest.mark.parametrize("size,backend", [("cached", "cpp"), ("small", "cpp"), ("small", "triton")])
+def test_fresh_token_outputs_never_show_an_earlier_tensors_data(size, backend, poison_fresh_memory):
     """Issue 22 item 14: grid_as_tokens(y) of a fresh output showed a freed tensor's values (1234.5) in its prefix
     rows through the cache (and through malloc for small outputs). The prefix rows of a fresh output are zero."""
     B, prefix, h, w, C = (2, 3, 40, 40, 700) if size == "cached" else (2, 2, 5, 4, 6)
     gen = torch.Generator().manual_seed(5)
     tokens = torch.randn(B, prefix + h * w, C, generator=gen)
     mean, std = torch.randn(B, C, generator=gen), torch.rand(B, C, generator=gen) + 0.5
-    with use_backend("cpp"):
+    if not backends()[backend].available:
+        pytest.skip(backends()[backend].detail)
+    with use_backend(backend):
         for _ in range(3):  # each output's buffer filled with the sentinel, freed, then taken by the next
             y = local_style_mix(tokens_as_grid(tokens, h, w, prefix), mean, std, grid=1, activation=None)
             styled = grid_as_tokens(y)
