@@ -221,9 +221,9 @@ def kernel_layout(x: Tensor) -> Tensor:
 
 def empty_kernel_output(x: Tensor) -> Tensor:
     """A fresh ``(B, C, H, W)`` output as the style-mix kernels (C++ and Triton; the fake kernels report the same)
-    allocate it for input ``x``, uninitialised (but for the zeroed gaps between images): x's own strides when they address x directly, in a buffer of
-    ``B * batch_stride`` elements that the output ends (so a token grid's output has room for the prefix tokens
-    before each image); else NCHW-contiguous, like the copy they make of such an x."""
+    allocate it for input ``x``, uninitialised but for zeroed gaps between images: x's own strides when they
+    address x directly, in a buffer of ``B * batch_stride`` elements that the output ends (so a token grid's output
+    has room for the prefix tokens before each image); else NCHW-contiguous, like the copy they make of such an x."""
     B, C, H, W = x.shape
     layout = batch_strided_layout(x)
     if layout is None or layout[1] == C * H * W:
