@@ -268,13 +268,15 @@ def require_float(t, name: str) -> None:
     require(t.is_floating_point(), f"{name} must be floating point, got {t.dtype}", TypeError)
 
 
-def require_params(t, name: str, shape: tuple, like: Tensor) -> None:
-    """A per-patch (or per-item) parameter: ``shape``, contiguous, like's accumulation dtype and device."""
+def require_params(t, name: str, shape: tuple, like: Tensor, contiguous: bool = True) -> None:
+    """A per-patch (or per-item) parameter: ``shape``, like's accumulation dtype and device, and contiguous unless
+    the operator takes any strides (``contiguous=False``)."""
     require_float(t, name)
     require(tuple(t.shape) == tuple(shape), f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    kind = "contiguous " if contiguous else ""
     require(
-        t.is_contiguous() and t.dtype == acc_dtype(like.dtype) and t.device == like.device,
-        f"{name} must be a contiguous {acc_dtype(like.dtype)} tensor on {like.device}",
+        (t.is_contiguous() or not contiguous) and t.dtype == acc_dtype(like.dtype) and t.device == like.device,
+        f"{name} must be a {kind}{acc_dtype(like.dtype)} tensor on {like.device}",
     )
 
 

@@ -36,18 +36,18 @@ def _check_x_grid(x, grid_h, grid_w) -> tuple:
 
 
 def _check_style(x, shape, target_mean, target_std, mix) -> None:
-    require_params(target_mean, "target_mean", shape, x)
-    require_params(target_std, "target_std", shape, x)
+    require_params(target_mean, "target_mean", shape, x, contiguous=False)
+    require_params(target_std, "target_std", shape, x, contiguous=False)
     if mix is not None:
-        require_params(mix, "mix", shape, x)
+        require_params(mix, "mix", shape, x, contiguous=False)
 
 
 def _check_backward_stats(x, mean, std) -> tuple:
     require_float(mean, "mean")
     require(mean.dim() == 4, f"mean must be 4-D (B, C, gh, gw), got {mean.dim()} dims")
     shape = _check_x_grid(x, mean.shape[2], mean.shape[3])
-    require_params(mean, "mean", shape, x)
-    require_params(std, "std", shape, x)
+    require_params(mean, "mean", shape, x, contiguous=False)
+    require_params(std, "std", shape, x, contiguous=False)
     return shape
 
 
@@ -58,8 +58,8 @@ def _check_patch_mean_std(x, grid_h, grid_w, eps):
 
 def _check_patch_mean_std_backward(grad_mean, grad_std, x, mean, std):
     shape = _check_backward_stats(x, mean, std)
-    require_params(grad_mean, "grad_mean", shape, x)
-    require_params(grad_std, "grad_std", shape, x)
+    require_params(grad_mean, "grad_mean", shape, x, contiguous=False)
+    require_params(grad_std, "grad_std", shape, x, contiguous=False)
 
 
 def _check_local_style_mix(x, target_mean, target_std, mix, grid_h, grid_w, relu, eps):
@@ -102,7 +102,7 @@ def _check_local_style_mix_grad_x(
     shape = tuple(mean.shape)
     for value, name in ((sum_grad, "sum_grad"), (sum_grad_xn, "sum_grad_xn"), (grad_mean, "grad_mean"),
                         (grad_std, "grad_std")):  # fmt: skip
-        require_params(value, name, shape, x)
+        require_params(value, name, shape, x, contiguous=False)
 
 
 # fake kernels (shapes, dtypes and strides of the outputs; the arguments are checked first)
@@ -132,7 +132,7 @@ def _local_style_mix_into_fake(x, target_mean, target_std, mix, grid_h, grid_w, 
 
 def _local_style_mix_backward_fake(grad_out, x, mean, std, target_mean, target_std, mix, relu, compute_grad_x):
     grad_x = empty_kernel_output(x) if compute_grad_x else x.new_empty(0)
-    return grad_x, torch.empty_like(mean), torch.empty_like(mean)
+    return grad_x, mean.new_empty(mean.shape), mean.new_empty(mean.shape)
 
 
 def _local_style_mix_grad_x_fake(

@@ -648,6 +648,11 @@ def plan_backward(
     ]
 
 
+def _dense(*params: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Per-patch inputs as the kernels index them, contiguous (the operators take any strides)."""
+    return tuple(None if t is None else t.contiguous() for t in params)
+
+
 def patch_mean_std(x: torch.Tensor, grid_h: int, grid_w: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-patch mean and std of x ``(B, C, H, W)``: each ``(B, C, grid_h, grid_w)`` in the accumulation dtype."""
     x = kernel_layout(x)
@@ -661,8 +666,9 @@ def patch_mean_std_backward(
 ) -> torch.Tensor:
     """grad_x ``(B, C, H, W)``, x's strides: ``grad_mean/n + grad_std * xn/(n-1)`` per patch (no std term if n == 1).
 
-    grad_mean, grad_std, mean, std: ``(B, C, gh, gw)`` contiguous, accumulation dtype.
+    grad_mean, grad_std, mean, std: ``(B, C, gh, gw)``, accumulation dtype.
     """
+    grad_mean, grad_std, mean, std = _dense(grad_mean, grad_std, mean, std)
     x = kernel_layout(x)
     grad_x = empty_kernel_output(x)
     launch(plan_backward(None, x, grad_x, mean, std, None, None, None, grad_mean, grad_std, False))
@@ -683,8 +689,9 @@ def local_style_mix(
 
     out ``(B, C, H, W)`` (x's strides) ``= act((x - mean) * ms/std + mm)``; mm, ms are the target statistics, or with
     mix w: ``w*mean + (1-w)*target_mean``, ``w*std + (1-w)*target_std``. target_mean, target_std, mix and the returned
-    patch statistics mean, std are ``(B, C, grid_h, grid_w)`` contiguous in the accumulation dtype.
+    patch statistics mean, std are ``(B, C, grid_h, grid_w)`` in the accumulation dtype (the returned ones contiguous).
     """
+    target_mean, target_std, mix = _dense(target_mean, target_std, mix)
     x = kernel_layout(x)
     out = empty_kernel_output(x)
     mean, std = _new_patch_params(x, grid_h, grid_w)
@@ -705,6 +712,7 @@ def local_style_mix_into(
 ) -> None:
     """local_style_mix writing into out (x's shape and dtype, each image in x's order, any batch stride: e.g. a
     token grid); out may be x itself (in place)."""
+    target_mean, target_std, mix = _dense(target_mean, target_std, mix)
     mean, std = _new_patch_params(x, grid_h, grid_w)
     launch(plan_forward(x, out, mean, std, target_mean, target_std, mix, grid_h, grid_w, relu, eps))
 
@@ -742,6 +750,7 @@ def local_style_mix_backward(
     where g is grad_out masked by the ReLU. grad_x ``(B, C, H, W)`` has x's strides, or is ``x.new_empty(0)`` when
     compute_grad_x is False.
     """
+    mean, std, target_mean, target_std, mix = _dense(mean, std, target_mean, target_std, mix)
     sums = torch.empty_like(mean), torch.empty_like(mean)
     grad_x = _transfer_backward(grad_out, x, mean, std, target_mean, target_std, mix, sums, relu, compute_grad_x)
     return (grad_x if compute_grad_x else x.new_empty(0)), *sums
@@ -764,6 +773,8 @@ def local_style_mix_grad_x(
     """grad_x of local_style_mix with given per-patch sums and whole gradients of the patch statistics (see the
     operator's schema comment): ``a*g + (grad_mean - a*sum_grad)/n + (grad_std - a*sum_grad_xn)/((n-1)*std) *
     (x - mean)``, x's strides."""
+    mean, std, target_mean, target_std, mix = _dense(mean, std, target_mean, target_std, mix)
+    sum_grad, sum_grad_xn, grad_mean, grad_std = _dense(sum_grad, sum_grad_xn, grad_mean, grad_std)
     return _transfer_backward(
         grad_out, x, mean, std, target_mean, target_std, mix, (sum_grad, sum_grad_xn), relu, True,
         own_grads=(grad_mean, grad_std),

@@ -61,14 +61,16 @@ void check_grid(const at::Tensor& x, int64_t gh, int64_t gw) {
               x.size(3), ")");
 }
 
-// A per-patch parameter tensor must be (B, C, gh, gw), contiguous, in the accumulation dtype.
-void check_patch_param(const at::Tensor& p, const char* name, const PatchGrid& g, at::ScalarType acc) {
+// A per-patch parameter tensor must be (B, C, gh, gw) in the accumulation dtype; any strides (torch.compile may hand
+// a backward its saved statistics channels_last): the kernels read the contiguous tensor this returns.
+at::Tensor patch_param(const at::Tensor& p, const char* name, const PatchGrid& g, at::ScalarType acc) {
   TORCH_CHECK_VALUE(p.dim() == 4 && p.size(0) == g.batch && p.size(1) == g.channels && p.size(2) == g.grid_h &&
                   p.size(3) == g.grid_w,
               "styleda_fast: ", name, " must have shape (B, C, gh, gw) = (", g.batch, ", ", g.channels, ", ",
               g.grid_h, ", ", g.grid_w, "), got ", p.sizes());
-  TORCH_CHECK_VALUE(p.is_contiguous() && p.scalar_type() == acc && p.device().is_cpu(),
-              "styleda_fast: ", name, " must be a contiguous CPU tensor of dtype ", acc);
+  TORCH_CHECK_VALUE(p.scalar_type() == acc && p.device().is_cpu(), "styleda_fast: ", name,
+                    " must be a CPU tensor of dtype ", acc);
+  return p.contiguous();
 }
 
 // Everything one kernel call needs about the per-patch parameters, as raw pointers into (B, C, gh, gw) tensors.
@@ -315,11 +317,18 @@ std::tuple<at::Tensor, at::Tensor> patch_mean_std_cpu(const at::Tensor& x_in, in
   return {mean, std};
 }
 
-void check_style_args(const PatchGrid& g, at::ScalarType acc, const at::Tensor& target_mean,
-                      const at::Tensor& target_std, const c10::optional<at::Tensor>& mix) {
-  check_patch_param(target_mean, "target_mean", g, acc);
-  check_patch_param(target_std, "target_std", g, acc);
-  if (mix.has_value()) check_patch_param(*mix, "mix", g, acc);
+// The target statistics and mixing weights of a call, checked and contiguous.
+struct StyleArgs {
+  at::Tensor target_mean, target_std;
+  c10::optional<at::Tensor> mix;
+};
+
+StyleArgs style_args(const PatchGrid& g, at::ScalarType acc, const at::Tensor& target_mean,
+                     const at::Tensor& target_std, const c10::optional<at::Tensor>& mix) {
+  StyleArgs s{patch_param(target_mean, "target_mean", g, acc), patch_param(target_std, "target_std", g, acc),
+              c10::nullopt};
+  if (mix.has_value()) s.mix = patch_param(*mix, "mix", g, acc);
+  return s;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_style_mix_cpu(const at::Tensor& x_in,
@@ -334,10 +343,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_style_mix_cpu(const at::Ten
   check_scalar(eps, "eps");
   const at::Tensor x = kernel_input(x_in);
   const PatchGrid g(x, gh, gw);
-  check_style_args(g, acc_dtype(x), target_mean, target_std, mix);
+  const StyleArgs s = style_args(g, acc_dtype(x), target_mean, target_std, mix);
   at::Tensor out = empty_output_like(x);
   at::Tensor mean = patch_stats_like(g, x), std = at::empty_like(mean);
-  run_forward(x, &out, g, eps, relu, mean, std, &target_mean, &target_std, mix);
+  run_forward(x, &out, g, eps, relu, mean, std, &s.target_mean, &s.target_std, s.mix);
   return {out, mean, std};
 }
 
@@ -363,9 +372,9 @@ void local_style_mix_into_cpu(const at::Tensor& x, const at::Tensor& target_mean
                     "stride), got strides ",
                     out.strides(), " for x's ", x.strides());
   const PatchGrid g(x, gh, gw);
-  check_style_args(g, acc_dtype(x), target_mean, target_std, mix);
+  const StyleArgs s = style_args(g, acc_dtype(x), target_mean, target_std, mix);
   at::Tensor mean = patch_stats_like(g, x), std = at::empty_like(mean);
-  run_forward(x, &out, g, eps, relu, mean, std, &target_mean, &target_std, mix);
+  run_forward(x, &out, g, eps, relu, mean, std, &s.target_mean, &s.target_std, s.mix);
 }
 
 // grad_out is given: local_style_mix backward. grad_out absent: patch_mean_std backward, with the incoming
@@ -409,28 +418,30 @@ at::Tensor like_layout(const at::Tensor& t, const at::Tensor& x) {
   return empty_output_like(x).copy_(t);
 }
 
-at::Tensor patch_mean_std_backward_cpu(const at::Tensor& grad_mean, const at::Tensor& grad_std, const at::Tensor& x_in,
-                                       const at::Tensor& mean, const at::Tensor& std) {
-  check_float_args({{grad_mean, "grad_mean"}, {grad_std, "grad_std"}, {x_in, "x"}, {mean, "mean"}, {std, "std"}});
+at::Tensor patch_mean_std_backward_cpu(const at::Tensor& grad_mean_in, const at::Tensor& grad_std_in,
+                                       const at::Tensor& x_in, const at::Tensor& mean_in, const at::Tensor& std_in) {
+  check_float_args(
+      {{grad_mean_in, "grad_mean"}, {grad_std_in, "grad_std"}, {x_in, "x"}, {mean_in, "mean"}, {std_in, "std"}});
   check_input(x_in);
-  check_grid(x_in, mean.size(2), mean.size(3));
+  check_grid(x_in, mean_in.size(2), mean_in.size(3));
   const at::Tensor x = kernel_input(x_in);
-  const PatchGrid g(x, mean.size(2), mean.size(3));
+  const PatchGrid g(x, mean_in.size(2), mean_in.size(3));
   const auto acc = acc_dtype(x);
-  check_patch_param(mean, "mean", g, acc);
-  check_patch_param(std, "std", g, acc);
-  check_patch_param(grad_mean, "grad_mean", g, acc);
-  check_patch_param(grad_std, "grad_std", g, acc);
+  const at::Tensor mean = patch_param(mean_in, "mean", g, acc), std = patch_param(std_in, "std", g, acc);
+  const at::Tensor grad_mean = patch_param(grad_mean_in, "grad_mean", g, acc);
+  const at::Tensor grad_std = patch_param(grad_std_in, "grad_std", g, acc);
   at::Tensor grad_x = empty_output_like(x);
   run_backward(nullptr, x, &grad_x, g, false, mean, std, nullptr, nullptr, c10::nullopt, grad_mean, grad_std);
   return grad_x;
 }
 
 // The checked inputs of a local_style_mix backward: x as the kernels address it, grad_out in x's inner layout,
-// the patch grid of mean's shape.
+// the patch grid of mean's shape, the per-patch tensors contiguous.
 struct TransferBackwardInputs {
   at::Tensor x, grad_out;
   PatchGrid g;
+  at::Tensor mean, std;
+  StyleArgs style;
 };
 
 TransferBackwardInputs transfer_backward_inputs(const at::Tensor& grad_out_in, const at::Tensor& x_in,
@@ -442,12 +453,14 @@ TransferBackwardInputs transfer_backward_inputs(const at::Tensor& grad_out_in, c
   TORCH_CHECK_VALUE(grad_out_in.sizes() == x_in.sizes() && grad_out_in.scalar_type() == x_in.scalar_type(),
                     "styleda_fast: grad_out must have x's shape and dtype");
   const at::Tensor x = kernel_input(x_in);
-  TransferBackwardInputs in{x, like_layout(grad_out_in, x), PatchGrid(x, mean.size(2), mean.size(3))};
+  const PatchGrid g(x, mean.size(2), mean.size(3));
   const auto acc = acc_dtype(x);
-  check_patch_param(mean, "mean", in.g, acc);
-  check_patch_param(std, "std", in.g, acc);
-  check_style_args(in.g, acc, target_mean, target_std, mix);
-  return in;
+  return {x,
+          like_layout(grad_out_in, x),
+          g,
+          patch_param(mean, "mean", g, acc),
+          patch_param(std, "std", g, acc),
+          style_args(g, acc, target_mean, target_std, mix)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_style_mix_backward_cpu(
@@ -457,11 +470,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_style_mix_backward_cpu(
   check_float_args({{grad_out_in, "grad_out"}, {x_in, "x"}, {mean, "mean"}, {std, "std"}, {target_mean, "target_mean"},
                     {target_std, "target_std"}});
   check_float_arg(mix, "mix");
-  const auto [x, grad_out, g] = transfer_backward_inputs(grad_out_in, x_in, mean, std, target_mean, target_std, mix);
-  at::Tensor grad_mixed_mean = at::empty_like(mean), grad_mixed_std = at::empty_like(mean);
-  at::Tensor grad_x = compute_grad_x ? empty_output_like(x) : at::empty({0}, x.options());
-  run_backward(&grad_out, x, compute_grad_x ? &grad_x : nullptr, g, relu, mean, std, &target_mean, &target_std, mix,
-               grad_mixed_mean, grad_mixed_std);
+  const TransferBackwardInputs in =
+      transfer_backward_inputs(grad_out_in, x_in, mean, std, target_mean, target_std, mix);
+  at::Tensor grad_mixed_mean = at::empty_like(in.mean), grad_mixed_std = at::empty_like(in.mean);
+  at::Tensor grad_x = compute_grad_x ? empty_output_like(in.x) : at::empty({0}, in.x.options());
+  run_backward(&in.grad_out, in.x, compute_grad_x ? &grad_x : nullptr, in.g, relu, in.mean, in.std,
+               &in.style.target_mean, &in.style.target_std, in.style.mix, grad_mixed_mean, grad_mixed_std);
   return {grad_x, grad_mixed_mean, grad_mixed_std};
 }
 
@@ -474,15 +488,15 @@ at::Tensor local_style_mix_grad_x_cpu(const at::Tensor& grad_out_in, const at::T
                     {target_std, "target_std"}, {sum_grad, "sum_grad"}, {sum_grad_xn, "sum_grad_xn"},
                     {grad_mean, "grad_mean"}, {grad_std, "grad_std"}});
   check_float_arg(mix, "mix");
-  const auto [x, grad_out, g] = transfer_backward_inputs(grad_out_in, x_in, mean, std, target_mean, target_std, mix);
-  const auto acc = acc_dtype(x);
-  check_patch_param(sum_grad, "sum_grad", g, acc);
-  check_patch_param(sum_grad_xn, "sum_grad_xn", g, acc);
-  check_patch_param(grad_mean, "grad_mean", g, acc);
-  check_patch_param(grad_std, "grad_std", g, acc);
-  at::Tensor grad_x = empty_output_like(x), unused = at::empty_like(mean);
-  const std::array<at::Tensor, 4> given{sum_grad, sum_grad_xn, grad_mean, grad_std};
-  run_backward(&grad_out, x, &grad_x, g, relu, mean, std, &target_mean, &target_std, mix, unused, unused, &given);
+  const TransferBackwardInputs in =
+      transfer_backward_inputs(grad_out_in, x_in, mean, std, target_mean, target_std, mix);
+  const auto acc = acc_dtype(in.x);
+  const std::array<at::Tensor, 4> given{
+      patch_param(sum_grad, "sum_grad", in.g, acc), patch_param(sum_grad_xn, "sum_grad_xn", in.g, acc),
+      patch_param(grad_mean, "grad_mean", in.g, acc), patch_param(grad_std, "grad_std", in.g, acc)};
+  at::Tensor grad_x = empty_output_like(in.x), unused = at::empty_like(in.mean);
+  run_backward(&in.grad_out, in.x, &grad_x, in.g, relu, in.mean, in.std, &in.style.target_mean,
+               &in.style.target_std, in.style.mix, unused, unused, &given);
   return grad_x;
 }
 
