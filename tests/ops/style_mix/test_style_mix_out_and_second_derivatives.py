@@ -122,11 +122,16 @@ def test_gradgradcheck_style_mix_and_statistics(backend):
     sm = torch.randn(2, 2, 2, 2, generator=gen, dtype=torch.float64).to(device).requires_grad_()
     ss = (torch.rand(2, 2, 2, 2, generator=gen, dtype=torch.float64) + 0.5).to(device).requires_grad_()
     mix = torch.rand(2, 2, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    # The interpreter runs every Triton call in Python: there the check compares one random projection of the
+    # second derivative (fast mode: an error fails it unless both random vectors miss it) instead of all 140 columns.
+    fast = backend == "triton" and device.type == "cpu"
     with use_backend(backend):
         assert torch.autograd.gradgradcheck(
-            lambda x, sm, ss, mix: local_style_mix(x, sm, ss, grid=2, mix=mix, activation=None), (x, sm, ss, mix)
+            lambda x, sm, ss, mix: local_style_mix(x, sm, ss, grid=2, mix=mix, activation=None),
+            (x, sm, ss, mix),
+            fast_mode=fast,
         )
-        assert torch.autograd.gradgradcheck(lambda x: patch_mean_std(x, (2, 3)), (x,))
+        assert torch.autograd.gradgradcheck(lambda x: patch_mean_std(x, (2, 3)), (x,), fast_mode=fast)
 
 
 def test_float64_mix_given_as_a_python_float_is_not_rounded():
