@@ -167,7 +167,7 @@ def _mining_cases(device, quick: bool, full: bool) -> list[Case]:
     if full:
         n_famix, n_poda, crop, step_list, n_templates = 16, 16, 768, (STEPS_FULL,), TEMPLATES_FULL
     elif quick:
-        n_famix, n_poda, crop, step_list, n_templates = 1, 1, 96, (1,), 1  # a smoke test
+        n_famix, n_poda, crop, step_list, n_templates = 1, 1, 48, (1,), 1  # a smoke test
     else:
         n_famix, n_poda, crop, step_list, n_templates = 16, 8, 192, (1, 3), 4
     templates = IMAGENET_TEMPLATES[:n_templates]
@@ -312,7 +312,7 @@ def run_step(job, module) -> None:
 
 
 def _step_cases(device, quick: bool, full: bool) -> list[Case]:
-    crop, batch = (96, 2) if quick else (768, 8) if full else (288, 2)
+    crop, batch = (48, 2) if quick else (768, 8) if full else (288, 2)
     cases = []
     for recipe in ("famix", "poda"):
         job, module, dc = training_job(recipe, crop, batch, device)
