@@ -40,6 +40,7 @@ from torch.utils._pytree import tree_leaves
 __all__ = [
     "LiveBytes",
     "SavedBytes",
+    "cpu_allocator_wrapped",
     "format_bytes",
     "optimizer_state_bytes",
     "output_cache_bytes",
@@ -75,6 +76,14 @@ def output_cache_limit() -> int:
     quarter of the process's cgroup memory limit and of its ``RLIMIT_AS`` (0 without the compiled extension)."""
     op = _cache_operator("output_cache_limit")
     return 0 if op is None else int(op())
+
+
+def cpu_allocator_wrapped() -> bool:
+    """Whether importing the compiled extension wrapped PyTorch's CPU allocator, so that a CPU allocation that fails
+    while the output cache holds idle buffers frees them and is tried once more: yes unless
+    ``STYLEDA_FAST_OUTPUT_CACHE_MB=0`` turns the cache off (False without the compiled extension)."""
+    op = _cache_operator("cpu_allocator_wrapped")
+    return False if op is None else bool(op())
 
 
 def _key(t: Tensor) -> int:

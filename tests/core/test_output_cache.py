@@ -236,25 +236,26 @@ def _expected_limit(configured: int) -> int:
     return configured if bound is None else min(configured, bound // 4)
 
 
-def _limit_in_subprocess(value: str | None) -> tuple[int, str]:
-    """(output_cache_limit(), stderr) of a process whose STYLEDA_FAST_OUTPUT_CACHE_MB is ``value`` (None: unset),
-    after two cached outputs and a release (each could warn)."""
+def _limit_in_subprocess(value: str | None) -> tuple[int, str, bool]:
+    """(output_cache_limit(), stderr, cpu_allocator_wrapped()) of a process whose STYLEDA_FAST_OUTPUT_CACHE_MB is
+    ``value`` (None: unset), after two cached outputs and a release (each could warn)."""
     env = {k: v for k, v in os.environ.items() if k != LIMIT_VARIABLE}
     if value is not None:
         env[LIMIT_VARIABLE] = value
     script = textwrap.dedent(f"""
         import torch
         from styleda_fast import local_style_mix
-        from styleda_fast.memory import output_cache_limit, release_output_cache
+        from styleda_fast.memory import cpu_allocator_wrapped, output_cache_limit, release_output_cache
         x = torch.randn({SHAPE}); mean = torch.zeros({SHAPE[:2]}); std = torch.ones({SHAPE[:2]})
         for _ in range(2):
             y = local_style_mix(x, mean, std, grid=1); del y
         release_output_cache()
-        print(output_cache_limit())
+        print(output_cache_limit(), int(cpu_allocator_wrapped()))
     """)
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    return int(done.stdout.split()[-1]), done.stderr
+    limit, wrapped = done.stdout.split()[-2:]
+    return int(limit), done.stderr, wrapped == "1"
 
 
 @pytest.mark.parametrize(
@@ -264,9 +265,10 @@ def _limit_in_subprocess(value: str | None) -> tuple[int, str]:
 )
 def test_the_limit_variable_accepts_plain_decimal_megabytes(value, megabytes):
     """Issue 22 item 6: digits only (spaces or tabs around them allowed), 0 to 1048576; no warning."""
-    limit, stderr = _limit_in_subprocess(value)
+    limit, stderr, wrapped = _limit_in_subprocess(value)
     assert limit == _expected_limit(megabytes << 20)
     assert LIMIT_VARIABLE not in stderr
+    assert wrapped == (megabytes != 0)  # the cache off: PyTorch's CPU allocator is left as it is
 
 
 @pytest.mark.parametrize(
@@ -275,8 +277,9 @@ def test_the_limit_variable_accepts_plain_decimal_megabytes(value, megabytes):
 def test_a_bad_limit_variable_warns_once_and_uses_the_default(value):
     """Issue 22 item 6: -1 meant unlimited, 17592186044416 wrapped to 0 (off), the rest silently gave the default.
     Each now warns once (the variable and its value named) and the documented default 2048 MB applies."""
-    limit, stderr = _limit_in_subprocess(value)
+    limit, stderr, wrapped = _limit_in_subprocess(value)
     assert limit == _expected_limit(DEFAULT_LIMIT)
+    assert wrapped
     assert stderr.count(LIMIT_VARIABLE) == 1, stderr
     assert "2048 MB" in stderr
 

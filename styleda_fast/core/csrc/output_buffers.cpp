@@ -259,11 +259,16 @@ class ReleasingCPUAllocator final : public c10::Allocator {
   c10::Allocator* inner_;
 };
 
-// Installed when the extension loads; never destroyed (storages keep a pointer to their allocator).
-[[maybe_unused]] const bool releasing_allocator_installed = [] {
+// Installed when the extension loads, unless STYLEDA_FAST_OUTPUT_CACHE_MB=0 turns the cache off (then it would never
+// hold anything to release); never destroyed (storages keep a pointer to their allocator).
+const bool releasing_allocator_installed = [] {
+  const char* value = std::getenv(kLimitVariable);
+  if (value != nullptr && *value != '\0' && parse_megabytes(value) == 0) return false;
   c10::SetCPUAllocator(new ReleasingCPUAllocator(c10::GetCPUAllocator()));
   return true;
 }();
+
+bool cpu_allocator_wrapped() { return releasing_allocator_installed; }
 
 void* new_buffer(size_t size) {
   void* data = std::aligned_alloc(kHugePage, size);
@@ -361,12 +366,15 @@ TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
   m.def("output_cache_bytes() -> int");
   // The most idle bytes the cache keeps now: STYLEDA_FAST_OUTPUT_CACHE_MB, bounded by the process's memory limits.
   m.def("output_cache_limit() -> int");
+  // Whether loading the extension wrapped PyTorch's CPU allocator (see ReleasingCPUAllocator).
+  m.def("cpu_allocator_wrapped() -> bool");
   // Uninitialised, x's sizes and dtype and (if x is dense) strides, from the cache when large.
   m.def("empty_cached_like(Tensor x) -> Tensor");
   m.impl("empty_cached_like", c10::DispatchKey::CPU, &empty_cached_like);
   m.impl("release_output_cache", c10::DispatchKey::CompositeExplicitAutograd, &release_output_cache);
   m.impl("output_cache_bytes", c10::DispatchKey::CompositeExplicitAutograd, &output_cache_bytes);
   m.impl("output_cache_limit", c10::DispatchKey::CompositeExplicitAutograd, &output_cache_limit);
+  m.impl("cpu_allocator_wrapped", c10::DispatchKey::CompositeExplicitAutograd, &cpu_allocator_wrapped);
 }
 
 }  // namespace styleda_fast
