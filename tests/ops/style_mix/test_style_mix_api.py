@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import TOLERANCE, assert_close
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from styleda_fast import local_style_mix, patch_mean_std, use_backend
@@ -129,6 +129,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
 
 
 @settings(max_examples=40, deadline=None)
+@example(1, 5, 5, 1, 3, 1, False, False, 4803)  # a patch of std 0.0037 (sqrt(eps) = 0.0032)
 @given(
     batch=st.integers(1, 2),
     channels=st.integers(1, 5),
@@ -150,16 +151,16 @@ def test_property_any_shape_and_grid(batch, channels, height, width, grid_h, gri
     ts = torch.rand(batch, channels, *grid, generator=gen) + 0.5
     mix = torch.rand(batch, channels, generator=gen) if mixing else None
     y = local_style_mix(x, tm, ts, grid=grid, mix=mix)
-    expected = reference.local_style_mix_loop(
-        x.double(),
-        tm.double(),
-        ts.double(),
-        grid,
-        None if mix is None else mix.double()[:, :, None, None].expand_as(tm),
-    )
-    assert_close(y, expected, TOLERANCE[torch.float32])
-    mean, std = patch_mean_std(x, grid)
+    mix4 = None if mix is None else mix.double()[:, :, None, None].expand_as(tm)
+    expected = reference.local_style_mix_loop(x.double(), tm.double(), ts.double(), grid, mix4)
+    # float32 rounds each patch mean (relative 2^-24) before x - mean, and the output scales that by
+    # target_std / std: large for a patch of nearly equal pixels (std near sqrt(eps)). Rounding is relative to
+    # mean * target_std / std, the size of the terms that cancel there.
     ref_mean, ref_std = reference.patch_mean_std_loop(x.double(), grid)
+    out_std = ts.double() if mix4 is None else mix4 * ref_std + (1 - mix4) * ts.double()
+    cancelling = (ref_mean.abs() * out_std / ref_std).max().item()
+    assert_close(y, expected, TOLERANCE[torch.float32], scale=cancelling)
+    mean, std = patch_mean_std(x, grid)
     assert_close(mean, ref_mean, TOLERANCE[torch.float32])
     assert_close(std, ref_std, TOLERANCE[torch.float32])
 
