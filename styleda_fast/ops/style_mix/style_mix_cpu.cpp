@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -124,6 +125,19 @@ struct Task {
   RowOffset row_offset;
   PatchOf patch_of;
 };
+
+// Output bytes of a task up to which a pass over its cached input requests the task's output lines ahead of the pass
+// that writes them: the input and output of such a task stay in L2 together.
+constexpr int64_t kPrefetchOutputBytes = 256 * 1024;
+
+// Requests the cache lines of p[0..n) for writing into L2 (only lines that hold some of these elements).
+template <typename T>
+inline void prefetch_for_write(T* p, int64_t n) {
+  const auto begin = reinterpret_cast<std::uintptr_t>(p), end = reinterpret_cast<std::uintptr_t>(p + n);
+  if (n > 0) __builtin_prefetch(p, 1, 2);
+  for (std::uintptr_t line = (begin | 63) + 1; line < end; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line), 1, 2);
+}
 
 namespace generic {
 #include "style_mix_kernels.inc"
