@@ -126,9 +126,17 @@ struct Task {
   PatchOf patch_of;
 };
 
-// Output bytes of a task up to which a pass over its cached input requests the task's output lines ahead of the pass
-// that writes them: the input and output of such a task stay in L2 together.
+// A writing pass stores to output lines that are not in cache. A task whose output has at most kPrefetchOutputBytes
+// (its input and output stay in L2 together) requests them all during the pass before; a larger one requests them
+// kPrefetchAheadBytes ahead of its stores in the writing pass.
 constexpr int64_t kPrefetchOutputBytes = 256 * 1024;
+constexpr int64_t kPrefetchAheadBytes = 16 * 1024;
+
+// The distance in rows at which a writing pass requests its output lines, 0 where the pass before requested them.
+inline int64_t rows_ahead(int64_t rows, int64_t row_bytes) {
+  if (rows * row_bytes <= kPrefetchOutputBytes) return 0;
+  return std::max<int64_t>(1, kPrefetchAheadBytes / row_bytes);
+}
 
 // Requests the cache lines of p[0..n) for writing into L2 (only lines that hold some of these elements).
 template <typename T>
