@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -126,6 +127,27 @@ struct Task {
   RowOffset row_offset;
   PatchOf patch_of;
 };
+
+// A writing pass stores to output lines that are not in cache. A task whose output has at most kPrefetchOutputBytes
+// (its input and output stay in L2 together) requests them all during the pass before; a larger one requests them
+// kPrefetchAheadBytes ahead of its stores in the writing pass.
+constexpr int64_t kPrefetchOutputBytes = 256 * 1024;
+constexpr int64_t kPrefetchAheadBytes = 16 * 1024;
+
+// The distance in rows at which a writing pass requests its output lines, 0 where the pass before requested them.
+inline int64_t rows_ahead(int64_t rows, int64_t row_bytes) {
+  if (rows * row_bytes <= kPrefetchOutputBytes) return 0;
+  return std::max<int64_t>(1, kPrefetchAheadBytes / row_bytes);
+}
+
+// Requests the cache lines of p[0..n) for writing into L2 (only lines that hold some of these elements).
+template <typename T>
+inline void prefetch_for_write(T* p, int64_t n) {
+  const auto begin = reinterpret_cast<std::uintptr_t>(p), end = reinterpret_cast<std::uintptr_t>(p + n);
+  if (n > 0) __builtin_prefetch(p, 1, 2);
+  for (std::uintptr_t line = (begin | 63) + 1; line < end; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line), 1, 2);
+}
 
 namespace generic {
 #include "style_mix_kernels.inc"
