@@ -671,6 +671,60 @@ at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& m
   return out;
 }
 
+// One plane of the backward of noisy_style_features, in one pass: the sums of the ReLU-masked grad g and of g * x
+// (in double), and dx = masked g * std where dx != nullptr.
+template <typename T, typename A>
+void style_backward_plane(NoiseIsa, const T* x, const T* g, T* dx, int64_t n, A mp, A sp, double& sum_g,
+                          double& sum_gx) {
+  double sg = 0, sgx = 0;
+  if (dx != nullptr) {
+#pragma omp simd reduction(+ : sg, sgx)
+    for (int64_t i = 0; i < n; ++i) {
+      const A xi = static_cast<A>(x[i]), gx = static_cast<A>(g[i]);
+      const bool on = sp * xi + mp > A(0);  // the ReLU mask of the forward
+      const A gi = on ? gx : A(0);
+      sg += double(gi);
+      sgx += double(gi) * double(xi);
+      dx[i] = static_cast<T>(on ? gx * sp : A(0));
+    }
+  } else {
+#pragma omp simd reduction(+ : sg, sgx)
+    for (int64_t i = 0; i < n; ++i) {
+      const A xi = static_cast<A>(x[i]);
+      const A gi = sp * xi + mp > A(0) ? static_cast<A>(g[i]) : A(0);
+      sg += double(gi);
+      sgx += double(gi) * double(xi);
+    }
+  }
+  sum_g = sg;
+  sum_gx = sgx;
+}
+
+// float32: four double partial sums, lane l taking the elements i = l (mod 4) in order, combined as
+// (l0 + l2) + (l1 + l3): the order of the vector version (noise_lanes.inc), so every ISA path gives the same bits.
+void style_backward_plane(NoiseIsa isa, const float* x, const float* g, float* dx, int64_t n, float mp, float sp,
+                          double& sum_g, double& sum_gx) {
+#ifdef STYLEDA_FAST_HAVE_NOISE_LANES
+  if (isa == NoiseIsa::kAvx512) return avx512::style_backward_plane(x, g, dx, n, sp, mp, sum_g, sum_gx);
+  if (isa == NoiseIsa::kAvx2) return avx2::style_backward_plane(x, g, dx, n, sp, mp, sum_g, sum_gx);
+#endif
+  double lg[4] = {0, 0, 0, 0}, lgx[4] = {0, 0, 0, 0};
+  auto step = [&](int64_t i, int l) {
+    const float xi = x[i], gx = g[i];
+    const bool on = sp * xi + mp > 0.0f;
+    const float gi = on ? gx : 0.0f;
+    lg[l] += double(gi);
+    lgx[l] += double(gi) * double(xi);
+    if (dx != nullptr) dx[i] = on ? gx * sp : 0.0f;
+  };
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int l = 0; l < 4; ++l) step(i + l, l);
+  for (; i < n; ++i) step(i, static_cast<int>(i & 3));
+  sum_g = (lg[0] + lg[2]) + (lg[1] + lg[3]);
+  sum_gx = (lgx[0] + lgx[2]) + (lgx[1] + lgx[3]);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_style_features_backward_cpu(const at::Tensor& grad_out_in,
                                                                                  const at::Tensor& xn_in,
                                                                                  const at::Tensor& mean,
@@ -692,33 +746,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_style_features_backward_cpu
     const A* s = std.const_data_ptr<A>();
     A* gm = grad_mean.data_ptr<A>();
     A* gs = grad_std.data_ptr<A>();
+    const NoiseIsa isa = noise_isa();
     at::parallel_for(0, pl.planes, grain_rows(pl.size), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const scalar_t* x = x_data + p * pl.size;
         const scalar_t* g = g_data + p * pl.size;
         const A mp = m[p], sp = s[p];
-        // One pass: the sums (in double) and grad_xn = g * std where the forward's ReLU passed g.
         double sum_g = 0, sum_gx = 0;
-        if (dx_data != nullptr) {
-          scalar_t* dx = dx_data + p * pl.size;
-          _Pragma("omp simd reduction(+ : sum_g, sum_gx)")
-          for (int64_t i = 0; i < pl.size; ++i) {
-            const A xi = static_cast<A>(x[i]), gx = static_cast<A>(g[i]);
-            const bool on = sp * xi + mp > A(0);
-            const A gi = on ? gx : A(0);
-            sum_g += double(gi);
-            sum_gx += double(gi) * double(xi);
-            dx[i] = static_cast<scalar_t>(on ? gx * sp : A(0));
-          }
-        } else {
-          _Pragma("omp simd reduction(+ : sum_g, sum_gx)")
-          for (int64_t i = 0; i < pl.size; ++i) {
-            const A xi = static_cast<A>(x[i]);
-            const A gi = sp * xi + mp > A(0) ? static_cast<A>(g[i]) : A(0);  // ReLU mask of the forward
-            sum_g += double(gi);
-            sum_gx += double(gi) * double(xi);
-          }
-        }
+        style_backward_plane(isa, x, g, dx_data != nullptr ? dx_data + p * pl.size : nullptr, pl.size, mp, sp,
+                             sum_g, sum_gx);
         gm[p] = static_cast<A>(sum_g);
         gs[p] = static_cast<A>(sum_gx);
       }
