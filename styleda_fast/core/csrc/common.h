@@ -32,14 +32,36 @@ inline void check_cpu_float(const at::Tensor& t, const char* name) {
                    t.scalar_type());
 }
 
+// STYLEDA_FAST_CPU_ISA: "generic" forces the portable kernels, "avx2" what an AVX2-only CPU runs (the AVX2 kernels,
+// none of the AVX-512 ones); unset or anything else, the best the CPU has.
+inline const char* cpu_isa_override() {
+  const char* env = std::getenv("STYLEDA_FAST_CPU_ISA");
+  return env == nullptr ? "" : env;
+}
+
 // Whether the kernels built for AVX2 (+ FMA where a family uses it) run: where the CPU has AVX2 and FMA, unless
 // STYLEDA_FAST_CPU_ISA=generic forces the portable ones (to test them, or to compare). Read once per process.
 inline bool use_avx2_kernels() {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool enabled = [] {
-    const char* env = std::getenv("STYLEDA_FAST_CPU_ISA");
-    if (env != nullptr && std::strcmp(env, "generic") == 0) return false;
+    if (std::strcmp(cpu_isa_override(), "generic") == 0) return false;
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return enabled;
+#else
+  return false;
+#endif
+}
+
+// Whether the kernels built for AVX-512 (F, BW, DQ, VL) run: where the CPU has them, unless STYLEDA_FAST_CPU_ISA is
+// generic or avx2. Read once per process.
+inline bool use_avx512_kernels() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool enabled = [] {
+    const char* isa = cpu_isa_override();
+    if (std::strcmp(isa, "generic") == 0 || std::strcmp(isa, "avx2") == 0) return false;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
   }();
   return enabled;
 #else

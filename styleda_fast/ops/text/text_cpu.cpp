@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -71,9 +72,9 @@ constexpr uint32_t kTextTag = 0x54455854u;                        // "TEXT": kee
 constexpr uint32_t kFeatureTag = 0x46454154u;                     // "FEAT"
 constexpr int64_t kFeatureGroups = 256;                           // L: counters per chunk of 4*L feature elements
 
-// The generator works on kLanes counters at a time: Philox rounds on 8 counters per AVX2 register (or a loop over
-// lanes that the compiler vectorizes), then Box-Muller as loops over lanes (float32 polynomials for log, sin and cos
-// instead of scalar libm calls).
+// The portable generator works on kLanes counters at a time: Philox rounds and Box-Muller as loops over lanes that
+// the compiler vectorizes (float32 polynomials for log, sin and cos instead of scalar libm calls). The AVX2 and
+// AVX-512 kernels (noise_lanes.inc) do the same steps on whole registers.
 constexpr int64_t kLanes = 64;
 
 inline float bits_to_float(uint32_t b) {
@@ -176,8 +177,8 @@ void philox_words_generic(uint64_t seed, const uint32_t* c0_in, const uint32_t* 
 
 // uint32 words -> four standard normals per lane: uint32 -> [0, 1) as tl.uint_to_uniform_float (read as int32,
 // negatives folded with ~, times (2^23-1)/2^23 * 2^-31), then Box-Muller on (u0, u1) and (u2, u3) with u clamped
-// at 1e-7, as tl.pair_uniform_to_normal. out[q][j]. Inlined into each ISA's caller, which compiles it for that ISA.
-__attribute__((always_inline)) inline void box_muller_words(uint32_t w[4][kLanes], float out[4][kLanes]) {
+// at 1e-7, as tl.pair_uniform_to_normal. out[q][j].
+inline void box_muller_words(uint32_t w[4][kLanes], float out[4][kLanes]) {
   for (int pair = 0; pair < 2; ++pair) {
     const uint32_t* wa = w[2 * pair];
     const uint32_t* wb = w[2 * pair + 1];
@@ -207,82 +208,20 @@ void philox_normals_generic(uint64_t seed, const uint32_t* c0, const uint32_t* c
   box_muller_words(w, out);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define STYLEDA_FAST_HAVE_AVX2_NOISE 1
-// The 32x32 -> 64-bit products of m and x per 32-bit lane, split into high and low words (vpmuludq multiplies the
-// even lanes; the odd ones are shifted down first).
-__attribute__((target("avx2"), always_inline)) inline void mul_hi_lo(__m256i m, __m256i x, __m256i& hi,
-                                                                      __m256i& lo) {
-  const __m256i even = _mm256_mul_epu32(m, x);
-  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(m, 32), _mm256_srli_epi64(x, 32));
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-}
-
-// Philox4x32-10 on 8 counters at a time with the state in registers for all ten rounds (the portable loop goes
-// through memory every round); the same words as philox_words_generic.
-__attribute__((target("avx2"))) void philox_words_avx2(uint64_t seed, const uint32_t* c0, const uint32_t* c1,
-                                                       uint32_t c2, uint32_t c3, uint32_t w[4][kLanes]) {
-  const __m256i ma = _mm256_set1_epi32(static_cast<int32_t>(kRoundA));
-  const __m256i mb = _mm256_set1_epi32(static_cast<int32_t>(kRoundB));
-  for (int64_t j = 0; j < kLanes; j += 8) {
-    __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + j));
-    __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c1 + j));
-    __m256i x2 = _mm256_set1_epi32(static_cast<int32_t>(c2));
-    __m256i x3 = _mm256_set1_epi32(static_cast<int32_t>(c3));
-    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-    for (int round = 0; round < 10; ++round) {
-      __m256i hb, lb, ha, la;
-      mul_hi_lo(mb, x2, hb, lb);
-      mul_hi_lo(ma, x0, ha, la);
-      x0 = _mm256_xor_si256(_mm256_xor_si256(hb, x1), _mm256_set1_epi32(static_cast<int32_t>(k0)));
-      x2 = _mm256_xor_si256(_mm256_xor_si256(ha, x3), _mm256_set1_epi32(static_cast<int32_t>(k1)));
-      x1 = lb;
-      x3 = la;
-      k0 += kKeyA;
-      k1 += kKeyB;
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[0] + j), x0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[1] + j), x1);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[2] + j), x2);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[3] + j), x3);
-  }
-}
-
-// AVX2 without FMA: the float steps round exactly as in the portable (SSE2) build, so the noise does not depend
-// on the CPU (FMA contraction would change the last bits).
-__attribute__((target("avx2"))) void philox_normals_avx2(uint64_t seed, const uint32_t* c0, const uint32_t* c1,
-                                                         uint32_t c2, uint32_t c3, float out[4][kLanes]) {
-  alignas(64) uint32_t w[4][kLanes];
-  philox_words_avx2(seed, c0, c1, c2, c3, w);
-  box_muller_words(w, out);
-}
-#endif
-
-// Four standard normals per lane from counters (c0[j], c1[j], c2, c3) and key seed (Philox4x32-10, then
-// box_muller_words). The AVX2 version where use_avx2_kernels() says so; both give the same bits.
-void philox_normals(uint64_t seed, const uint32_t* c0, const uint32_t* c1, uint32_t c2, uint32_t c3,
-                    float out[4][kLanes]) {
-#ifdef STYLEDA_FAST_HAVE_AVX2_NOISE
-  if (use_avx2_kernels()) return philox_normals_avx2(seed, c0, c1, c2, c3, out);
-#endif
-  philox_normals_generic(seed, c0, c1, c2, c3, out);
-}
-
 // noise[q*Q + j] = output q of counter (j, stream, row, kTextTag), for j < Q: coordinates 0..4Q-1 of one sample.
-void text_noise(uint64_t seed, uint32_t stream, uint32_t row, int64_t Q, float* noise) {
+void text_noise_generic(uint64_t seed, uint32_t stream, uint32_t row, int64_t Q, float* noise) {
   alignas(64) uint32_t c0[kLanes], c1[kLanes];
   alignas(64) float n[4][kLanes];
   for (int64_t j0 = 0; j0 < Q; j0 += kLanes) {
     for (int64_t j = 0; j < kLanes; ++j) c0[j] = static_cast<uint32_t>(j0 + j), c1[j] = stream;
-    philox_normals(seed, c0, c1, row, kTextTag, n);
+    philox_normals_generic(seed, c0, c1, row, kTextTag, n);
     const int64_t count = std::min(kLanes, Q - j0);
     for (int q = 0; q < 4; ++q) std::memcpy(noise + q * Q + j0, n[q], count * sizeof(float));
   }
 }
 
 // noise[q*L + j] = output q of counter (g_lo, g_hi, offset, kFeatureTag), g = chunk*L + j: one chunk of 4L elements.
-void feature_noise(uint64_t seed, uint32_t offset, int64_t chunk, float* noise) {
+void feature_noise_generic(uint64_t seed, uint32_t offset, int64_t chunk, float* noise) {
   static_assert(kFeatureGroups % kLanes == 0, "a chunk is a whole number of lane blocks");
   alignas(64) uint32_t c0[kLanes], c1[kLanes];
   alignas(64) float n[4][kLanes];
@@ -292,8 +231,71 @@ void feature_noise(uint64_t seed, uint32_t offset, int64_t chunk, float* noise) 
       c0[j] = static_cast<uint32_t>(g);
       c1[j] = static_cast<uint32_t>(g >> 32);
     }
-    philox_normals(seed, c0, c1, offset, kFeatureTag, n);
+    philox_normals_generic(seed, c0, c1, offset, kFeatureTag, n);
     for (int q = 0; q < 4; ++q) std::memcpy(noise + q * kFeatureGroups + j0, n[q], kLanes * sizeof(float));
+  }
+}
+
+// The vector kernels (noise_lanes.inc), compiled without FMA contraction so that their floats round as the
+// portable code's.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define STYLEDA_FAST_HAVE_NOISE_LANES 1
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#pragma GCC optimize("fp-contract=off")
+namespace avx2 {
+#define NOISE_LANES_WIDTH 8
+#include "noise_lanes.inc"
+#undef NOISE_LANES_WIDTH
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl")
+#pragma GCC optimize("fp-contract=off")
+namespace avx512 {
+#define NOISE_LANES_WIDTH 16
+#include "noise_lanes.inc"
+#undef NOISE_LANES_WIDTH
+}  // namespace avx512
+#pragma GCC pop_options
+#endif
+
+enum class NoiseIsa { kGeneric, kAvx2, kAvx512 };
+
+// AVX-512 -> AVX2 -> portable; all give the same bits.
+NoiseIsa noise_isa() {
+#ifdef STYLEDA_FAST_HAVE_NOISE_LANES
+  if (use_avx512_kernels()) return NoiseIsa::kAvx512;
+  if (use_avx2_kernels()) return NoiseIsa::kAvx2;
+#endif
+  return NoiseIsa::kGeneric;
+}
+
+// noise[d] = eps[d] of one text sample for d < D (see text_noise_generic); noise holds 4Q + kLanes floats.
+void text_noise(uint64_t seed, uint32_t stream, uint32_t row, int64_t D, float* noise) {
+  switch (noise_isa()) {
+#ifdef STYLEDA_FAST_HAVE_NOISE_LANES
+    case NoiseIsa::kAvx512:
+      return avx512::text_noise_add(seed, stream, row, D, nullptr, 0.0f, noise);
+    case NoiseIsa::kAvx2:
+      return avx2::text_noise_add(seed, stream, row, D, nullptr, 0.0f, noise);
+#endif
+    default:
+      return text_noise_generic(seed, stream, row, (D + 3) / 4, noise);
+  }
+}
+
+void feature_noise(uint64_t seed, uint32_t offset, int64_t chunk, float* noise) {
+  switch (noise_isa()) {
+#ifdef STYLEDA_FAST_HAVE_NOISE_LANES
+    case NoiseIsa::kAvx512:
+      return avx512::feature_noise_chunk(seed, offset, chunk, noise);
+    case NoiseIsa::kAvx2:
+      return avx2::feature_noise_chunk(seed, offset, chunk, noise);
+#endif
+    default:
+      return feature_noise_generic(seed, offset, chunk, noise);
   }
 }
 
@@ -310,13 +312,23 @@ int64_t grain_rows(int64_t work_per_row) { return std::max<int64_t>(1, 16384 / s
 
 // ======================================= noisy text projection =======================================
 
+// Sum of v[d]^2, the accumulation order of the portable build's simd reduction (the pinned norms depend on it).
+template <typename A>
+A sum_squares(const A* v, int64_t D) {
+  A vv = 0;
+#pragma omp simd reduction(+ : vv)
+  for (int64_t d = 0; d < D; ++d) vv += v[d] * v[d];
+  return vv;
+}
+
 // One text row k, all its samples: u = t / |t|, v = u + sigma * eps, out = v / |v|, norm = |v|. In the
-// accumulation type, SIMD lanes (loops outside AT_DISPATCH so that the simd pragmas apply).
+// accumulation type, SIMD lanes (loops outside AT_DISPATCH so that the simd pragmas apply). For float32 on the
+// vector paths, v goes straight into the output row with the noise (no noise buffer), then the norm and the
+// scaling passes read it back from L1.
 template <typename T>
 void noisy_text_row(const T* t, T* out, acc_t<T>* norm, int64_t S, int64_t D, double sigma, uint64_t seed,
                     int64_t offset, int64_t k, float* noise, acc_t<T>* u) {
   using A = acc_t<T>;
-  const int64_t Q = (D + 3) / 4;
   const A sg = static_cast<A>(sigma);
   A tt = 0;
 #pragma omp simd reduction(+ : tt)
@@ -324,8 +336,26 @@ void noisy_text_row(const T* t, T* out, acc_t<T>* norm, int64_t S, int64_t D, do
   const A inv_t = A(1) / std::max(std::sqrt(tt), A(kNormalizeEps));
 #pragma omp simd
   for (int64_t d = 0; d < D; ++d) u[d] = static_cast<A>(t[d]) * inv_t;
+  const NoiseIsa isa = noise_isa();
   for (int64_t s = 0; s < S; ++s) {
-    text_noise(seed, static_cast<uint32_t>(offset + s), static_cast<uint32_t>(k), Q, noise);
+    const uint32_t stream = static_cast<uint32_t>(offset + s), row = static_cast<uint32_t>(k);
+    T* o = out + s * D;
+    if constexpr (std::is_same_v<T, float>) {
+      if (isa != NoiseIsa::kGeneric) {
+#ifdef STYLEDA_FAST_HAVE_NOISE_LANES
+        if (isa == NoiseIsa::kAvx512)
+          avx512::text_noise_add(seed, stream, row, D, u, sg, o);
+        else
+          avx2::text_noise_add(seed, stream, row, D, u, sg, o);
+#endif
+        const A vn = std::sqrt(sum_squares(o, D)), inv_v = A(1) / std::max(vn, A(kNormalizeEps));
+        norm[s] = vn;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) o[d] *= inv_v;
+        continue;
+      }
+    }
+    text_noise(seed, stream, row, D, noise);
     A vv = 0;
 #pragma omp simd reduction(+ : vv)
     for (int64_t d = 0; d < D; ++d) {
@@ -334,7 +364,6 @@ void noisy_text_row(const T* t, T* out, acc_t<T>* norm, int64_t S, int64_t D, do
     }
     const A vn = std::sqrt(vv), inv_v = A(1) / std::max(vn, A(kNormalizeEps));
     norm[s] = vn;
-    T* o = out + s * D;
 #pragma omp simd
     for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>((u[d] + sg * static_cast<A>(noise[d])) * inv_v);
   }
@@ -352,7 +381,7 @@ std::tuple<at::Tensor, at::Tensor> noisy_text_projection_cpu(const at::Tensor& t
   check_fits(double(text_in.size(0)) * double(samples) * double(text_in.size(1)), text_in.element_size(), "samples");
   const at::Tensor text = text_in.contiguous();
   const int64_t K = text.size(0), D = text.size(1), S = samples, Q = (D + 3) / 4;
-  at::Tensor out = at::empty({K, S, D}, text.options());
+  at::Tensor out = empty_output({K, S, D}, {S * D, D, 1}, 0, K * S * D, text.options());
   at::Tensor norm = at::empty({K, S}, text.options().dtype(acc_dtype(text)));
   if (out.numel() == 0) return {out, norm.zero_()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, text.scalar_type(), "noisy_text_projection_cpu", [&] {
@@ -571,6 +600,22 @@ at::Tensor contiguous_output_like(const at::Tensor& t) {
   return empty_output(t.sizes(), strides, 0, t.numel(), t.options());
 }
 
+// y = relu_keep_nan(sp * x + mp) + fn * eps for one whole chunk with the vector kernels; false (nothing done) on the
+// portable path and for dtypes other than float32.
+template <typename T, typename A>
+bool feature_chunk_lanes(NoiseIsa, uint64_t, uint32_t, int64_t, const T*, T*, A, A, A) {
+  return false;
+}
+
+inline bool feature_chunk_lanes(NoiseIsa isa, uint64_t seed, uint32_t offset, int64_t chunk, const float* x, float* y,
+                                float sp, float mp, float fn) {
+#ifdef STYLEDA_FAST_HAVE_NOISE_LANES
+  if (isa == NoiseIsa::kAvx512) return avx512::feature_chunk_fused(seed, offset, chunk, x, y, sp, mp, fn), true;
+  if (isa == NoiseIsa::kAvx2) return avx2::feature_chunk_fused(seed, offset, chunk, x, y, sp, mp, fn), true;
+#endif
+  return false;
+}
+
 at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& mean, const at::Tensor& std,
                                    double noise_scale, int64_t seed, int64_t offset) {
   check_float_args({{xn_in, "xn"}, {mean, "mean"}, {std, "std"}});
@@ -591,9 +636,15 @@ at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& m
     const A fn = static_cast<A>(noise_scale);
     at::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
       std::vector<float> noise(chunk_size);
+      const NoiseIsa isa = noise_isa();
       for (int64_t chunk = begin; chunk < end; ++chunk) {
-        if (fn != A(0)) feature_noise(uint64_t(seed), static_cast<uint32_t>(offset), chunk, noise.data());
         const int64_t base = chunk * chunk_size, stop = std::min(base + chunk_size, N);
+        // A whole chunk in one plane: the noise never leaves the registers.
+        if (fn != A(0) && stop - base == chunk_size && base / pl.size == (stop - 1) / pl.size &&
+            feature_chunk_lanes(isa, uint64_t(seed), static_cast<uint32_t>(offset), chunk, x + base, y + base,
+                                s[base / pl.size], m[base / pl.size], fn))
+          continue;
+        if (fn != A(0)) feature_noise(uint64_t(seed), static_cast<uint32_t>(offset), chunk, noise.data());
         for (int64_t e = base; e < stop;) {  // runs of one plane
           const int64_t p = e / pl.size, run_end = std::min(stop, (p + 1) * pl.size);
           const A mp = m[p], sp = s[p];
@@ -620,6 +671,60 @@ at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& m
   return out;
 }
 
+// One plane of the backward of noisy_style_features, in one pass: the sums of the ReLU-masked grad g and of g * x
+// (in double), and dx = masked g * std where dx != nullptr.
+template <typename T, typename A>
+void style_backward_plane(NoiseIsa, const T* x, const T* g, T* dx, int64_t n, A mp, A sp, double& sum_g,
+                          double& sum_gx) {
+  double sg = 0, sgx = 0;
+  if (dx != nullptr) {
+#pragma omp simd reduction(+ : sg, sgx)
+    for (int64_t i = 0; i < n; ++i) {
+      const A xi = static_cast<A>(x[i]), gx = static_cast<A>(g[i]);
+      const bool on = sp * xi + mp > A(0);  // the ReLU mask of the forward
+      const A gi = on ? gx : A(0);
+      sg += double(gi);
+      sgx += double(gi) * double(xi);
+      dx[i] = static_cast<T>(on ? gx * sp : A(0));
+    }
+  } else {
+#pragma omp simd reduction(+ : sg, sgx)
+    for (int64_t i = 0; i < n; ++i) {
+      const A xi = static_cast<A>(x[i]);
+      const A gi = sp * xi + mp > A(0) ? static_cast<A>(g[i]) : A(0);
+      sg += double(gi);
+      sgx += double(gi) * double(xi);
+    }
+  }
+  sum_g = sg;
+  sum_gx = sgx;
+}
+
+// float32: four double partial sums, lane l taking the elements i = l (mod 4) in order, combined as
+// (l0 + l2) + (l1 + l3): the order of the vector version (noise_lanes.inc), so every ISA path gives the same bits.
+void style_backward_plane(NoiseIsa isa, const float* x, const float* g, float* dx, int64_t n, float mp, float sp,
+                          double& sum_g, double& sum_gx) {
+#ifdef STYLEDA_FAST_HAVE_NOISE_LANES
+  if (isa == NoiseIsa::kAvx512) return avx512::style_backward_plane(x, g, dx, n, sp, mp, sum_g, sum_gx);
+  if (isa == NoiseIsa::kAvx2) return avx2::style_backward_plane(x, g, dx, n, sp, mp, sum_g, sum_gx);
+#endif
+  double lg[4] = {0, 0, 0, 0}, lgx[4] = {0, 0, 0, 0};
+  auto step = [&](int64_t i, int l) {
+    const float xi = x[i], gx = g[i];
+    const bool on = sp * xi + mp > 0.0f;
+    const float gi = on ? gx : 0.0f;
+    lg[l] += double(gi);
+    lgx[l] += double(gi) * double(xi);
+    if (dx != nullptr) dx[i] = on ? gx * sp : 0.0f;
+  };
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int l = 0; l < 4; ++l) step(i + l, l);
+  for (; i < n; ++i) step(i, static_cast<int>(i & 3));
+  sum_g = (lg[0] + lg[2]) + (lg[1] + lg[3]);
+  sum_gx = (lgx[0] + lgx[2]) + (lgx[1] + lgx[3]);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_style_features_backward_cpu(const at::Tensor& grad_out_in,
                                                                                  const at::Tensor& xn_in,
                                                                                  const at::Tensor& mean,
@@ -641,33 +746,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> noisy_style_features_backward_cpu
     const A* s = std.const_data_ptr<A>();
     A* gm = grad_mean.data_ptr<A>();
     A* gs = grad_std.data_ptr<A>();
+    const NoiseIsa isa = noise_isa();
     at::parallel_for(0, pl.planes, grain_rows(pl.size), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const scalar_t* x = x_data + p * pl.size;
         const scalar_t* g = g_data + p * pl.size;
         const A mp = m[p], sp = s[p];
-        // One pass: the sums (in double) and grad_xn = g * std where the forward's ReLU passed g.
         double sum_g = 0, sum_gx = 0;
-        if (dx_data != nullptr) {
-          scalar_t* dx = dx_data + p * pl.size;
-          _Pragma("omp simd reduction(+ : sum_g, sum_gx)")
-          for (int64_t i = 0; i < pl.size; ++i) {
-            const A xi = static_cast<A>(x[i]), gx = static_cast<A>(g[i]);
-            const bool on = sp * xi + mp > A(0);
-            const A gi = on ? gx : A(0);
-            sum_g += double(gi);
-            sum_gx += double(gi) * double(xi);
-            dx[i] = static_cast<scalar_t>(on ? gx * sp : A(0));
-          }
-        } else {
-          _Pragma("omp simd reduction(+ : sum_g, sum_gx)")
-          for (int64_t i = 0; i < pl.size; ++i) {
-            const A xi = static_cast<A>(x[i]);
-            const A gi = sp * xi + mp > A(0) ? static_cast<A>(g[i]) : A(0);  // ReLU mask of the forward
-            sum_g += double(gi);
-            sum_gx += double(gi) * double(xi);
-          }
-        }
+        style_backward_plane(isa, x, g, dx_data != nullptr ? dx_data + p * pl.size : nullptr, pl.size, mp, sp,
+                             sum_g, sum_gx);
         gm[p] = static_cast<A>(sum_g);
         gs[p] = static_cast<A>(sum_gx);
       }
