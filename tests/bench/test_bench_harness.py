@@ -151,6 +151,20 @@ def test_other_load_reads_proc_stat():
     assert load.cores is not None and load.cores >= 0
 
 
+def test_a_spinning_neighbour_reads_as_busy_after_the_rounding_allowance():
+    """OtherLoad takes one clock tick per core off (rounding of the counters), which must not hide a real
+    neighbour: a process spinning on a core through a 0.5 s block reads as more than BUSY_LIMIT cores."""
+    import time
+
+    from styleda_fast.bench import machine
+
+    with machine.BusyNeighbour():
+        time.sleep(0.2)  # the child is running
+        with machine.OtherLoad() as load:
+            time.sleep(0.5)
+    assert load.cores is not None and load.cores > 0.5 > machine.BUSY_LIMIT
+
+
 # ---------------------------------------------------------------- the CPU and bfloat16 (issue 21.4)
 
 AVX2_ONLY = "processor\t: 0\nmodel name\t: AMD EPYC 7B12\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n"
