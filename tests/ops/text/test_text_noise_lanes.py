@@ -5,7 +5,6 @@ written (outputs reused from the output cache poisoned with NaN); float64 gradie
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from test_text_noise_pinned import _digest, _pattern  # the pinned test's inputs and digests
 
 import styleda_fast  # noqa: F401  (loads the kernels)
 from styleda_fast.ops.feature_noise.reference import feature_noise
@@ -26,20 +26,8 @@ TEXT_SHAPES = [(3, 1, 1), (2, 3, 3), (3, 17, 1), (2, 1023, 3), (1, 130, 2), (2, 
 FEATURE_SHAPES = [(2, 3, 7, 9), (1, 2, 33, 31), (2, 3, 45, 47), (1, 2, 32, 64)]
 
 
-def _pattern(*shape, mul=7919, mod=1000):
-    n = 1
-    for s in shape:
-        n *= s
-    a = torch.arange(n, dtype=torch.int64)
-    return (((a * mul) % mod - mod // 2).to(torch.float32) / 250).reshape(shape)
-
-
 def _style(B, C):
     return _pattern(B, C, mul=31, mod=17), _pattern(B, C, mul=13, mod=11).abs() + 0.5
-
-
-def _digest(t):
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def lane_digests() -> dict[str, str]:
