@@ -67,14 +67,20 @@ size_t parse_megabytes(const std::string& text) {
   return size_t(value);
 }
 
-// STYLEDA_FAST_OUTPUT_CACHE_MB in bytes, read once (see the top of this file).
+// STYLEDA_FAST_OUTPUT_CACHE_MB in bytes (the default when unset or empty), or nullopt when it is not a plain number.
+c10::optional<size_t> requested_limit() {
+  const char* value = std::getenv(kLimitVariable);
+  if (value == nullptr || *value == '\0') return size_t(kDefaultMegabytes) << 20;
+  const size_t megabytes = parse_megabytes(value);
+  if (megabytes == kUnlimited) return c10::nullopt;
+  return megabytes << 20;
+}
+
+// STYLEDA_FAST_OUTPUT_CACHE_MB in bytes, read once (see the top of this file); a bad value warns and gives the default.
 size_t configured_limit() {
   static const size_t limit = [] {
-    const char* value = std::getenv(kLimitVariable);
-    if (value == nullptr || *value == '\0') return size_t(kDefaultMegabytes) << 20;
-    const size_t megabytes = parse_megabytes(value);
-    if (megabytes != kUnlimited) return megabytes << 20;
-    std::string shown(value);
+    if (const c10::optional<size_t> requested = requested_limit()) return *requested;
+    std::string shown(std::getenv(kLimitVariable));
     if (shown.size() > 40) shown = shown.substr(0, 40) + "...";
     TORCH_WARN(kLimitVariable, "='", shown, "' is not a whole number of megabytes from 0 to ", kMaxMegabytes,
                " (digits only); the output cache keeps the default ", kDefaultMegabytes, " MB");
@@ -262,8 +268,7 @@ class ReleasingCPUAllocator final : public c10::Allocator {
 // Installed when the extension loads, unless STYLEDA_FAST_OUTPUT_CACHE_MB=0 turns the cache off (then it would never
 // hold anything to release); never destroyed (storages keep a pointer to their allocator).
 const bool releasing_allocator_installed = [] {
-  const char* value = std::getenv(kLimitVariable);
-  if (value != nullptr && *value != '\0' && parse_megabytes(value) == 0) return false;
+  if (requested_limit() == size_t(0)) return false;
   c10::SetCPUAllocator(new ReleasingCPUAllocator(c10::GetCPUAllocator()));
   return true;
 }();
