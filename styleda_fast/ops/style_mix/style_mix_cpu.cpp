@@ -19,6 +19,7 @@
 
 #include "common.h"
 #include "output_buffers.h"
+#include "streaming_stores.h"
 
 #include <algorithm>
 #include <array>
@@ -99,6 +100,12 @@ struct Scratch {
   std::vector<A> acc1, acc2, mean, scale, shift, a, b, c;
   std::vector<A> patch_mean, patch_scale, patch_shift, patch_a, patch_b, patch_c;
   std::vector<double> sum1, sum2;
+  std::vector<char> out_row;  // one output row, computed here and streamed to memory (streaming_stores.h)
+  template <typename T>
+  T* out_row_of(int64_t lanes) {
+    out_row.resize(lanes * sizeof(T));
+    return reinterpret_cast<T*>(out_row.data());
+  }
   void resize(int64_t lanes, int64_t patches) {
     for (auto* v : {&acc1, &acc2, &mean, &scale, &shift, &a, &b, &c}) v->assign(lanes, A(0));
     for (auto* v : {&patch_mean, &patch_scale, &patch_shift, &patch_a, &patch_b, &patch_c}) v->assign(patches, A(0));
@@ -118,14 +125,15 @@ constexpr int64_t kGrainElements = 32768;
 //
 // A task walks `rows` rows of `lanes` contiguous elements each (NCHW: the rows of patch-row i of one plane,
 // lanes = W columns, patch of a lane = its column's patch; NHWC: the pixels of one patch for a block of
-// channels, lanes = channels, each lane its own patch). `row_ptr(r)` gives the offset of row r, and
-// `patch_of(k)` the local patch of lane k. Sums of lanes are flushed into per-patch doubles.
+// channels, lanes = channels, each lane its own patch). `row_offset(r)` gives the offset of row r. Local patch q
+// owns lanes runs[q]..runs[q+1] (NCHW), or lane q alone when runs is null (NHWC). Sums of lanes are flushed into
+// per-patch doubles.
 
-template <typename RowOffset, typename PatchOf>
+template <typename RowOffset>
 struct Task {
   int64_t rows, lanes, patches;
   RowOffset row_offset;
-  PatchOf patch_of;
+  const int64_t* runs;
 };
 
 // A writing pass stores to output lines that are not in cache. A task whose output has at most kPrefetchOutputBytes
@@ -212,10 +220,6 @@ void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
     if (g.grid_w == 1)
       for (int64_t i = 0; i < g.grid_h; ++i)
         row_length[i] = contiguous_row_length((g.rows[i + 1] - g.rows[i]) * g.width, g.width);
-    // Lane k of a row belongs to patch col_patch[k] (all 0 when grid_w == 1, also past the width).
-    std::vector<int64_t> col_patch(*std::max_element(row_length.begin(), row_length.end()), 0);
-    for (int64_t j = 0; j < g.grid_w; ++j)
-      for (int64_t w = g.cols[j]; w < g.cols[j + 1]; ++w) col_patch[w] = j;
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.height / g.grid_h * g.width));
     at::parallel_for(0, g.batch * g.channels * g.grid_h, grain, [&](int64_t begin, int64_t end) {
       Scratch<acc_t<T>> scratch;
@@ -225,12 +229,12 @@ void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
         for (int64_t j = 0; j < g.grid_w; ++j) param[j] = (bc * g.grid_h + i) * g.grid_w + j, count[j] = g.count(i, j);
         const int64_t base = c * g.height * g.width + g.rows[i] * g.width, width = row_length[i];
         auto row_offset = [base, width](int64_t r) { return base + r * width; };
-        auto patch_of = [&col_patch](int64_t k) { return col_patch[k]; };
         const int64_t rows = (g.rows[i + 1] - g.rows[i]) * g.width / width;
-        Task<decltype(row_offset), decltype(patch_of)> t{rows, width, g.grid_w, row_offset,
-                                                            patch_of};
+        const int64_t whole_row[2] = {0, width};  // grid_w == 1: the one patch owns every lane
+        Task<decltype(row_offset)> t{rows, width, g.grid_w, row_offset, g.grid_w == 1 ? whole_row : g.cols.data()};
         run(t, b, param, count, scratch);
       }
+      streaming_fence();
     });
   } else {
     const int64_t block = channel_block(g), cblocks = (g.channels + block - 1) / block;
@@ -251,10 +255,10 @@ void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
           for (int64_t w = g.cols[j]; w < g.cols[j + 1]; ++w) offsets.push_back((h * g.width + w) * g.channels + c0);
         const int64_t* pixel_offset = offsets.data();
         auto row_offset = [pixel_offset](int64_t r) { return pixel_offset[r]; };
-        auto patch_of = [](int64_t k) { return k; };
-        Task<decltype(row_offset), decltype(patch_of)> t{g.count(i, j), nc, nc, row_offset, patch_of};
+        Task<decltype(row_offset)> t{g.count(i, j), nc, nc, row_offset, nullptr};
         run(t, b, param, count, scratch);
       }
+      streaming_fence();
     });
   }
 }
@@ -313,13 +317,16 @@ void run_forward(const at::Tensor& x_in, at::Tensor* out, const PatchGrid& g, do
     using A = acc_t<scalar_t>;
     const PatchParams<A> prm = patch_params<A>(mean, std, target_mean, target_std, mix);
     const Images<scalar_t> x = images_of<scalar_t>(&x_in), y = images_of<scalar_t>(out);
+    // Not in place: there the output's lines are the input's, cached by the statistics passes.
+    const bool stream = out != nullptr && !out->is_alias_of(x_in) && use_streaming_stores(out->nbytes());
     for_each_task<scalar_t>(layout, g, [&](const auto& t, int64_t b, const auto& param, const auto& count,
                                            Scratch<A>& scratch) {
 #ifdef STYLEDA_FAST_HAVE_AVX2_KERNELS
       if (use_avx2())
-        return avx2::forward_task<scalar_t>(x.image(b), y.image(b), t, param, count, eps, relu, prm, scratch);
+        return avx2::forward_task<scalar_t>(x.image(b), y.image(b), t, param, count, eps, relu, stream, prm,
+                                            scratch);
 #endif
-      generic::forward_task<scalar_t>(x.image(b), y.image(b), t, param, count, eps, relu, prm, scratch);
+      generic::forward_task<scalar_t>(x.image(b), y.image(b), t, param, count, eps, relu, stream, prm, scratch);
     });
   });
 }
@@ -421,14 +428,16 @@ void run_backward(const at::Tensor* grad_out, const at::Tensor& x_in, at::Tensor
     }
     const Images<scalar_t> x = images_of<scalar_t>(&x_in), dy = images_of<scalar_t>(grad_out),
                            dx = images_of<scalar_t>(grad_x);
+    const bool stream = grad_x != nullptr && use_streaming_stores(grad_x->nbytes());
     for_each_task<scalar_t>(layout, g, [&](const auto& t, int64_t b, const auto& param, const auto& count,
                                            Scratch<A>& scratch) {
 #ifdef STYLEDA_FAST_HAVE_AVX2_KERNELS
       if (use_avx2())
-        return avx2::backward_task<scalar_t>(x.image(b), dy.image(b), dx.image(b), t, param, count, relu, prm,
-                                             scratch);
+        return avx2::backward_task<scalar_t>(x.image(b), dy.image(b), dx.image(b), t, param, count, relu, stream,
+                                             prm, scratch);
 #endif
-      generic::backward_task<scalar_t>(x.image(b), dy.image(b), dx.image(b), t, param, count, relu, prm, scratch);
+      generic::backward_task<scalar_t>(x.image(b), dy.image(b), dx.image(b), t, param, count, relu, stream, prm,
+                                       scratch);
     });
   });
 }
