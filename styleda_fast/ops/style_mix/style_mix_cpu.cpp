@@ -117,6 +117,9 @@ struct Scratch {
 // Rows accumulated lane-wise in the accumulation type before they are flushed into double sums.
 constexpr int64_t kRowsPerFlush = 64;
 
+// Bytes of the chunks of rows that the one-pass statistics re-read from L1.
+constexpr int64_t kChunkBytes = 16 * 1024;
+
 // Elements of work below which a parallel region is not worth opening (ATen's own grain): small tensors run on the
 // calling thread instead of waiting for every intra-op thread, which costs most when another process keeps a core busy.
 constexpr int64_t kGrainElements = 32768;
