@@ -10,8 +10,10 @@
 //    whose data lives in L2/L3.
 // Either layout may have any batch stride (each image's elements dense, images further apart): a ViT's patch
 // tokens seen as a (B, C, h, w) grid are read and written in place, the prefix tokens between the images untouched.
-// Statistics are two-pass (mean, then centered squares) over the cached data. Each run of a row is summed
-// in the accumulation type with SIMD lanes and added to a double, so long patches lose no precision.
+// NCHW statistics are two-pass (mean, then centered squares) over the task in L2; channels_last ones one pass from
+// memory, merging the (mean, M2) of chunks that fit in L1. Rows are summed in the accumulation type with SIMD lanes
+// and added to doubles, so long patches lose no precision. Outputs of 32 MB and more are written with streaming
+// stores (streaming_stores.h), and meanwhile an NCHW task requests the next task's input into L2.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
