@@ -108,9 +108,14 @@ struct Scratch {
     out_row.resize(lanes * sizeof(T));
     return reinterpret_cast<T*>(out_row.data());
   }
+  // Sizes the arrays for a task and zeroes the sums. The lane accumulators are zero between tasks (every pass
+  // ends by flushing them, which zeroes them), so a task of the same size as the last one rewrites only its sums.
   void resize(int64_t lanes, int64_t patches) {
-    for (auto* v : {&acc1, &acc2, &mean, &scale, &shift, &a, &b, &c}) v->assign(lanes, A(0));
-    for (auto* v : {&patch_mean, &patch_scale, &patch_shift, &patch_a, &patch_b, &patch_c}) v->assign(patches, A(0));
+    if (int64_t(acc1.size()) != lanes || int64_t(patch_mean.size()) != patches) {
+      for (auto* v : {&acc1, &acc2, &mean, &scale, &shift, &a, &b, &c}) v->assign(lanes, A(0));
+      for (auto* v : {&patch_mean, &patch_scale, &patch_shift, &patch_a, &patch_b, &patch_c})
+        v->assign(patches, A(0));
+    }
     sum1.assign(patches, 0.0);
     sum2.assign(patches, 0.0);
   }
