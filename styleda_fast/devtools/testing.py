@@ -128,12 +128,13 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
 
 
 def assert_close(
-    actual: Tensor, expected: Tensor, rtol: float | None = None, what: str = "output", scale: float = 0.0
+    actual: Tensor, expected: Tensor, rtol: float | None = None, what: str = "output", scale: float | Tensor = 0.0
 ) -> None:
     """``|actual - expected| <= rtol * max(max|expected|, scale)`` elementwise, NaN exactly where expected is NaN,
     infinities equal. ``rtol`` defaults to :data:`TOLERANCE` of actual's dtype. ``scale``: the size of the terms
     that cancel to give ``expected`` when it is much smaller than they are (e.g. the gradient of a normalization
-    over two pixels, which is 0 up to eps): rounding is relative to them. On failure, says how many elements differ,
+    over two pixels, which is 0 up to eps): rounding is relative to them; a tensor broadcastable to ``expected``
+    gives that size per element. On failure, says how many elements differ,
     the first and the worst one and where, and whether NaN/inf appeared."""
     if rtol is None:
         rtol = TOLERANCE[actual.dtype]
@@ -141,14 +142,19 @@ def assert_close(
     a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
     nan_ok = torch.isnan(a) == torch.isnan(e)
     finite = torch.isfinite(e)
-    scale = max(e[finite].abs().max().item() if finite.any() else 1.0, scale)
+    ref_max = max(e[finite].abs().max().item() if finite.any() else 1.0, 1e-30)
+    if isinstance(scale, Tensor):
+        scale = scale.detach().double().cpu().clamp_min(ref_max).expand_as(e)
+    else:
+        scale = torch.full_like(e, max(ref_max, scale))
     err = torch.where(finite, (a - e).abs(), torch.zeros_like(a))
-    bad = (err > rtol * max(scale, 1e-30)) | ~nan_ok | (torch.isinf(e) & (a != e))
+    bad = (err > rtol * scale) | ~nan_ok | (torch.isinf(e) & (a != e))
     if bad.any():
         idx = tuple(int(i) for i in torch.nonzero(bad)[0])
         worst = tuple(int(i) for i in torch.nonzero(err == err.max())[0])
         raise AssertionError(
-            f"{what}: {int(bad.sum())} of {bad.numel()} elements differ (rtol {rtol:g} of max|ref| {scale:.3g}); "
+            f"{what}: {int(bad.sum())} of {bad.numel()} elements differ (rtol {rtol:g} of max|ref| {ref_max:.3g}, "
+            f"of {scale[idx].item():.3g} at the first); "
             f"first at {idx}: {a[idx].item():.6g} vs {e[idx].item():.6g}; worst abs error {err.max().item():.3g} "
             f"at {worst}; NaN in actual {int(torch.isnan(a).sum())} / expected {int(torch.isnan(e).sum())}; "
             f"inf in actual {int(torch.isinf(a).sum())}"
