@@ -7,8 +7,8 @@ autograd and backend limits), the Triton kernels (``_triton.py``), the C++ CPU k
 - ``style_mix``: per-patch statistics and patch-wise AdaIN with mixing (PODA, FAMix);
 - ``class_stats``: dominant class per patch, per-class feature statistics;
 - ``text``: CLIP text targets, their noisy projections, the style-mining loss;
-- ``feature_noise``: the synthesized features of style mining with seeded noise (its C++ kernel shares
-  ``text/text_cpu.cpp``'s generator);
+- ``feature_noise``: the synthesized features of style mining with seeded noise (its C++ kernel,
+  ``feature_noise/feature_noise_cpu.cpp``, shares the text family's generator, ``core/csrc/counter_noise.h``);
 - ``philox``: the counter-based generator both noise-drawing families use, and their seeds.
 
 A new operator: its schema and CPU kernel in the family's ``*_cpu.cpp``, its launcher (named like it) in

@@ -2,7 +2,7 @@
 ``ops/feature_noise``: ``noisy_style_features``), specified bit for bit, and their seeds.
 
 :func:`philox4x32` is Philox4x32-10 (the generator of ``tl.philox``, transcribed for the Triton kernels as
-:func:`styleda_fast.core.triton_utils.philox_normal4` and in C++ in ``ops/text/text_cpu.cpp``) written with int64
+:func:`styleda_fast.core.triton_utils.philox_normal4` and in C++ in ``core/csrc/counter_noise.h``) written with int64
 tensor arithmetic; :func:`philox_normal4` gives the four standard normals the kernels draw from one counter. Each
 family's ``reference.py`` says which counter serves which element. A result depends only on ``(seed, offset)`` and
 the input, never on thread count or launch order.

@@ -8,6 +8,7 @@
 #include <c10/util/Optional.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <initializer_list>
 
@@ -136,6 +137,11 @@ inline c10::optional<MemoryLayout> memory_layout(const at::Tensor& t) {
   for (Layout layout : {Layout::kNCHW, Layout::kNHWC})
     if (inner_dense(t, layout)) return MemoryLayout{layout, batch_stride};
   return c10::nullopt;
+}
+
+// Rows per parallel task of row-wise kernels: about 16K elements of work each.
+inline int64_t grain_rows(int64_t work_per_row) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_row));
 }
 
 // x itself when the kernels address it directly, else an NCHW-contiguous copy.

@@ -1,6 +1,7 @@
 """Declarations of the feature-noise operators (:class:`styleda_fast.core.library.Operator`): argument rules, fake
-kernels, reference and autograd. CPU runs the C++ kernels of ``ops/text/text_cpu.cpp`` (they share its Philox
-generator; the schemas' fragment there names this module), CUDA the Triton launchers of ``_triton.py``.
+kernels, reference and autograd. CPU runs the C++ kernels of ``feature_noise_cpu.cpp`` beside this file (schemas
+there; the Philox generator is ``core/csrc/counter_noise.h``, shared with the text family), CUDA the Triton
+launchers of ``_triton.py``.
 
 The kernels' gradients have no second derivative: differentiating them raises a clear error.
 """

@@ -1,7 +1,7 @@
 """Triton kernels of the text family (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
 
 * ``noisy_text_projection``: one program per (row, sample). Noise comes from ``tl.philox`` inside the kernel (no
-  noise tensor in memory) in the layout that text_cpu.cpp and ``reference.text_noise`` define: with
+  noise tensor in memory) in the layout that core/csrc/counter_noise.h and ``reference.text_noise`` define: with
   ``Q = ceil(D/4)``, coordinate ``q*Q + j`` is output ``q`` of counter ``(j, offset + s, k, TEXT_TAG)``, so each
   Philox call feeds four coordinates held as four quarter tiles. Rows that fit in one tile stay in registers; longer
   rows take three passes (|t|, |v|, write), drawing the noise twice rather than re-reading written output.

@@ -1,7 +1,8 @@
-"""The vector noise kernels (noise_lanes.inc: AVX2, AVX-512) against the portable ones: bit-identical outputs and
-gradients of the CPU noise operators on odd shapes, with each ISA path in its own process (the ISA is chosen once
-per process by STYLEDA_FAST_CPU_ISA); the default path against the float64 reference; every output element
-written (outputs reused from the output cache poisoned with NaN); float64 gradients by gradcheck."""
+"""The vector noise kernels (core/csrc/noise_lanes.inc: AVX2, AVX-512) against the portable ones: bit-identical
+outputs and gradients of the CPU noise operators on odd shapes, with each ISA path in its own process (the ISA is
+chosen once per process by STYLEDA_FAST_CPU_ISA), streaming output stores on and off; the default path against the
+float64 reference; every output element written (outputs reused from the output cache poisoned with NaN); float64
+gradients by gradcheck."""
 
 from __future__ import annotations
 
@@ -62,12 +63,14 @@ def _has_avx512() -> bool:
 
 @pytest.fixture(scope="module")
 def digests_by_isa() -> dict[str, dict[str, str]]:
-    """lane_digests() in one process per ISA setting ("" is the default: AVX-512 where the CPU has it), in parallel."""
+    """lane_digests() in one process per ISA setting ("" is the default: AVX-512 where the CPU has it), in parallel;
+    "+stream": with streaming output stores forced on (they are otherwise used from 32 MB of output only)."""
     here = os.path.dirname(os.path.abspath(__file__))
     code = "import json, test_text_noise_lanes as t; print(json.dumps(t.lane_digests()))"
     procs = {}
-    for isa in ("generic", "avx2", ""):
-        env = dict(os.environ, STYLEDA_FAST_CPU_ISA=isa)
+    for isa in ("generic", "avx2", "", "avx2+stream", "+stream"):
+        env = dict(os.environ, STYLEDA_FAST_CPU_ISA=isa.removesuffix("+stream"))
+        env["STYLEDA_FAST_STREAMING_STORES"] = "1" if isa.endswith("+stream") else "0"
         env["PYTHONPATH"] = os.pathsep.join([here, env.get("PYTHONPATH", "")])
         procs[isa] = subprocess.Popen(
             [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -87,6 +90,11 @@ def test_avx2_lanes_give_the_portable_bits(digests_by_isa):
 @pytest.mark.skipif(not _has_avx512(), reason="the CPU has no AVX-512 (F, BW, DQ, VL): the default path is AVX2")
 def test_avx512_lanes_give_the_portable_bits(digests_by_isa):
     assert digests_by_isa[""] == digests_by_isa["generic"]
+
+
+@pytest.mark.parametrize("isa", ["avx2", ""], ids=["avx2", "default"])
+def test_streaming_stores_give_the_same_bits(digests_by_isa, isa):
+    assert digests_by_isa[isa + "+stream"] == digests_by_isa["generic"]
 
 
 def test_this_process_gives_the_same_bits(digests_by_isa):
