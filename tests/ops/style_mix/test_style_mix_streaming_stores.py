@@ -19,11 +19,14 @@ from styleda_fast.ops.style_mix import reference
 
 ops = torch.ops.styleda_fast
 
-# (B, C, H, W, grid, layout): widths that are not multiples of 16 floats, grids that split them unevenly
+# (B, C, H, W, grid, layout): widths that are not multiples of 16 floats, grids that split them unevenly; the rows
+# of the second, third and last cases (320 and 101 lanes, 97 channels) are long enough for the AVX-512 kernels
 CASES = [
     (2, 3, 37, 53, (3, 4), "nchw"),
     (1, 2, 64, 80, (1, 1), "nchw"),
+    (1, 3, 41, 101, (2, 3), "nchw"),
     (2, 5, 19, 23, (2, 3), "channels_last"),
+    (4, 97, 5, 7, (2, 2), "channels_last"),
     (3, 4, 11, 13, (2, 2), "batch_strided"),
 ]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
