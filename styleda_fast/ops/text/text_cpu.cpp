@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -46,53 +47,76 @@ void check_rows(const at::Tensor& t, const char* name) {
 
 // ======================================= noisy text projection =======================================
 
-// Sum of v[d]^2, the accumulation order of the portable build's simd reduction (the pinned norms depend on it).
-template <typename A>
-A sum_squares(const A* v, int64_t D) {
-  A vv = 0;
-#pragma omp simd reduction(+ : vv)
-  for (int64_t d = 0; d < D; ++d) vv += v[d] * v[d];
-  return vv;
+// sums[r] = sum over d < D of rows[r][d]^2 in the accumulation type, for R rows at once, in one fixed order (the
+// pinned norms depend on it): that of a 16-byte SIMD register of L = 16 / sizeof(A) lanes, lane l summing the
+// squares of elements d = l (mod L) of the whole registers in order, the leftover elements added to lane 0, then the
+// lanes summed from lane 0 up. The R rows' addition chains are independent, so their latencies overlap.
+template <int R, typename T>
+void sums_of_squares(const T* const (&rows)[R], int64_t D, acc_t<T> (&sums)[R]) {
+  using A = acc_t<T>;
+  constexpr int L = 16 / sizeof(A);
+  A acc[R][L] = {};
+  const int64_t whole = D / L * L;
+#if defined(__GNUC__)
+  typedef A Lanes __attribute__((vector_size(16)));  // one register per row (plain loops were vectorized across rows)
+  Lanes lanes[R] = {};
+  for (int64_t d = 0; d < whole; d += L)
+    for (int r = 0; r < R; ++r) {
+      Lanes v;
+      for (int l = 0; l < L; ++l) v[l] = static_cast<A>(rows[r][d + l]);
+      lanes[r] += v * v;
+    }
+  for (int r = 0; r < R; ++r)
+    for (int l = 0; l < L; ++l) acc[r][l] = lanes[r][l];
+#else
+  for (int64_t d = 0; d < whole; d += L)
+    for (int r = 0; r < R; ++r)
+      for (int l = 0; l < L; ++l) {
+        const A v = static_cast<A>(rows[r][d + l]);
+        acc[r][l] += v * v;
+      }
+#endif
+  for (int r = 0; r < R; ++r) {
+    for (int64_t d = whole; d < D; ++d) {
+      const A v = static_cast<A>(rows[r][d]);
+      acc[r][0] += v * v;
+    }
+    A sum = acc[r][0];
+    for (int l = 1; l < L; ++l) sum += acc[r][l];
+    sums[r] = sum;
+  }
+}
+
+template <typename T>
+acc_t<T> sum_of_squares(const T* row, int64_t D) {
+  const T* const rows[1] = {row};
+  acc_t<T> sums[1];
+  sums_of_squares<1>(rows, D, sums);
+  return sums[0];
+}
+
+// sums_of_squares for n <= kRowGroup rows.
+constexpr int kRowGroup = 4;
+
+template <typename T>
+void sums_of_squares_of(int n, const T* const (&rows)[kRowGroup], int64_t D, acc_t<T> (&sums)[kRowGroup]) {
+  if (n == kRowGroup) return sums_of_squares<kRowGroup>(rows, D, sums);
+  for (int r = 0; r < n; ++r) sums[r] = sum_of_squares(rows[r], D);
 }
 
 // One text row k, all its samples: u = t / |t|, v = u + sigma * eps, out = v / |v|, norm = |v|. In the
-// accumulation type, SIMD lanes (loops outside AT_DISPATCH so that the simd pragmas apply). For float32 on the
-// vector paths, v is written with the noise (no noise buffer), then the norm and the scaling passes read it back
-// from L1: in place in the output row, or, when `v_row` is given, in that cached row, which is then streamed to the
-// output (streaming_stores.h: the output's lines are not read for ownership).
+// accumulation type, SIMD lanes (loops outside AT_DISPATCH so that the simd pragmas apply): the portable path.
 template <typename T>
 void noisy_text_row(const T* t, T* out, acc_t<T>* norm, int64_t S, int64_t D, double sigma, uint64_t seed,
-                    int64_t offset, int64_t k, float* noise, acc_t<T>* u, float* v_row) {
+                    int64_t offset, int64_t k, float* noise, acc_t<T>* u) {
   using A = acc_t<T>;
   const A sg = static_cast<A>(sigma);
-  A tt = 0;
-#pragma omp simd reduction(+ : tt)
-  for (int64_t d = 0; d < D; ++d) tt += static_cast<A>(t[d]) * static_cast<A>(t[d]);
-  const A inv_t = A(1) / std::max(std::sqrt(tt), A(kNormalizeEps));
+  const A inv_t = A(1) / std::max(std::sqrt(sum_of_squares(t, D)), A(kNormalizeEps));
 #pragma omp simd
   for (int64_t d = 0; d < D; ++d) u[d] = static_cast<A>(t[d]) * inv_t;
-  const NoiseIsa isa = noise_isa();
   for (int64_t s = 0; s < S; ++s) {
-    const uint32_t stream = static_cast<uint32_t>(offset + s), row = static_cast<uint32_t>(k);
     T* o = out + s * D;
-    if constexpr (std::is_same_v<T, float>) {
-      if (isa != NoiseIsa::kGeneric) {
-        float* v = v_row != nullptr ? v_row : o;
-#ifdef STYLEDA_FAST_HAVE_NOISE_LANES
-        if (isa == NoiseIsa::kAvx512)
-          avx512::text_noise_add(seed, stream, row, D, u, sg, v);
-        else
-          avx2::text_noise_add(seed, stream, row, D, u, sg, v);
-#endif
-        const A vn = std::sqrt(sum_squares(v, D)), inv_v = A(1) / std::max(vn, A(kNormalizeEps));
-        norm[s] = vn;
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) v[d] *= inv_v;
-        if (v_row != nullptr) stream_copy(o, v_row, D * int64_t(sizeof(float)));
-        continue;
-      }
-    }
-    text_noise(seed, stream, row, D, noise);
+    text_noise(seed, static_cast<uint32_t>(offset + s), static_cast<uint32_t>(k), D, noise);
     A vv = 0;
 #pragma omp simd reduction(+ : vv)
     for (int64_t d = 0; d < D; ++d) {
@@ -103,6 +127,78 @@ void noisy_text_row(const T* t, T* out, acc_t<T>* norm, int64_t S, int64_t D, do
     norm[s] = vn;
 #pragma omp simd
     for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>((u[d] + sg * static_cast<A>(noise[d])) * inv_v);
+  }
+}
+
+// The same for float32 on the vector noise paths, kRowGroup text rows (n <= kRowGroup from row k0) at a time, with
+// the same numbers: their norms are summed together (independent addition chains, whose latency dominated one row
+// at a time), u and v live in u_rows and v_rows (kRowGroup rows of D floats each, in L1), v gets the noise written
+// straight into it, and each output row is copied out, with streaming stores when `stream`.
+void noisy_text_rows_lanes(NoiseIsa isa, const float* t, float* out, float* norm, int n, int64_t S, int64_t D,
+                           float sg, uint64_t seed, int64_t offset, int64_t k0, bool stream, float* u_rows,
+                           float* v_rows) {
+  const float* t_rows[kRowGroup];
+  float sums[kRowGroup];
+  for (int r = 0; r < n; ++r) t_rows[r] = t + r * D;
+  sums_of_squares_of(n, t_rows, D, sums);
+  for (int r = 0; r < n; ++r) {
+    const float inv_t = 1.0f / std::max(std::sqrt(sums[r]), float(kNormalizeEps));
+    float* u = u_rows + r * D;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) u[d] = t_rows[r][d] * inv_t;
+  }
+  const int64_t outputs = n * S;  // output j: row j / S, sample j % S
+  for (int64_t j0 = 0; j0 < outputs; j0 += kRowGroup) {
+    const int m = static_cast<int>(std::min<int64_t>(kRowGroup, outputs - j0));
+    const float* v_of[kRowGroup];
+    for (int i = 0; i < m; ++i) {
+      const int64_t r = (j0 + i) / S, s = (j0 + i) % S;
+      float* v = v_rows + i * D;
+      const auto stream_id = static_cast<uint32_t>(offset + s), row = static_cast<uint32_t>(k0 + r);
+#ifdef STYLEDA_FAST_HAVE_NOISE_LANES
+      if (isa == NoiseIsa::kAvx512)
+        avx512::text_noise_add(seed, stream_id, row, D, u_rows + r * D, sg, v);
+      else
+        avx2::text_noise_add(seed, stream_id, row, D, u_rows + r * D, sg, v);
+#endif
+      v_of[i] = v;
+    }
+    sums_of_squares_of(m, v_of, D, sums);
+    for (int i = 0; i < m; ++i) {
+      const float vn = std::sqrt(sums[i]), inv_v = 1.0f / std::max(vn, float(kNormalizeEps));
+      float* v = v_rows + i * D;
+      norm[j0 + i] = vn;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) v[d] *= inv_v;
+      float* o = out + (j0 + i) * D;
+      if (stream)
+        stream_copy(o, v, D * int64_t(sizeof(float)));
+      else
+        std::memcpy(o, v, D * sizeof(float));
+    }
+  }
+}
+
+// noisy_text_projection on the float32 vector path, when it applies (else false).
+template <typename T, typename A>
+bool noisy_text_projection_lanes(const T* t, T* out, A* norm, int64_t K, int64_t S, int64_t D, double sigma,
+                                 int64_t seed, int64_t offset) {
+  const NoiseIsa isa = noise_isa();
+  if constexpr (!std::is_same_v<T, float>) {
+    return false;
+  } else {
+    if (isa == NoiseIsa::kGeneric) return false;
+    const bool stream = use_streaming_stores(K * S * D * int64_t(sizeof(float)));
+    at::parallel_for(0, K, std::max<int64_t>(kRowGroup, grain_rows(S * D)), [&](int64_t begin, int64_t end) {
+      std::vector<float> u_rows(kRowGroup * D), v_rows(kRowGroup * D);
+      for (int64_t k = begin; k < end; k += kRowGroup) {
+        const int n = static_cast<int>(std::min<int64_t>(kRowGroup, end - k));
+        noisy_text_rows_lanes(isa, t + k * D, out + k * S * D, norm + k * S, n, S, D, float(sigma), uint64_t(seed),
+                              offset, k, stream, u_rows.data(), v_rows.data());
+      }
+      streaming_fence();
+    });
+    return true;
   }
 }
 
@@ -126,14 +222,13 @@ std::tuple<at::Tensor, at::Tensor> noisy_text_projection_cpu(const at::Tensor& t
     const scalar_t* t_data = text.const_data_ptr<scalar_t>();
     scalar_t* o_data = out.data_ptr<scalar_t>();
     A* n_data = norm.data_ptr<A>();
-    const bool stream = std::is_same_v<scalar_t, float> && use_streaming_stores(out.numel() * out.element_size());
+    if (noisy_text_projection_lanes(t_data, o_data, n_data, K, S, D, sigma, seed, offset)) return;
     at::parallel_for(0, K, grain_rows(S * D), [&](int64_t begin, int64_t end) {
       std::vector<A> u(D);
-      std::vector<float> noise(4 * Q + kLanes), v_row(stream ? D : 0);
+      std::vector<float> noise(4 * Q + kLanes);
       for (int64_t k = begin; k < end; ++k)
         noisy_text_row(t_data + k * D, o_data + k * S * D, n_data + k * S, S, D, sigma, uint64_t(seed), offset, k,
-                       noise.data(), u.data(), stream ? v_row.data() : nullptr);
-      streaming_fence();
+                       noise.data(), u.data());
     });
   });
   return {out, norm};
