@@ -166,15 +166,15 @@ void noisy_text_rows_lanes(NoiseIsa isa, const float* t, float* out, float* norm
     sums_of_squares_of(m, v_of, D, sums);
     for (int i = 0; i < m; ++i) {
       const float vn = std::sqrt(sums[i]), inv_v = 1.0f / std::max(vn, float(kNormalizeEps));
-      float* v = v_rows + i * D;
-      norm[j0 + i] = vn;
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) v[d] *= inv_v;
+      const float* v = v_rows + i * D;
       float* o = out + (j0 + i) * D;
-      if (stream)
-        stream_copy(o, v, D * int64_t(sizeof(float)));
-      else
-        std::memcpy(o, v, D * sizeof(float));
+      norm[j0 + i] = vn;
+      if (stream) {
+        stream_scaled(o, v, inv_v, D);
+      } else {
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) o[d] = v[d] * inv_v;
+      }
     }
   }
 }
