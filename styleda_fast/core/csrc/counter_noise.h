@@ -22,6 +22,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "streaming_stores.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>

@@ -70,15 +70,16 @@ at::Tensor contiguous_output_like(const at::Tensor& t) {
 // y = relu_keep_nan(sp * x + mp) + fn * eps for one whole chunk with the vector kernels; false (nothing done) on the
 // portable path and for dtypes other than float32.
 template <typename T, typename A>
-bool feature_chunk_lanes(NoiseIsa, uint64_t, uint32_t, int64_t, const T*, T*, A, A, A) {
+bool feature_chunk_lanes(NoiseIsa, uint64_t, uint32_t, int64_t, const T*, T*, A, A, A, bool) {
   return false;
 }
 
 inline bool feature_chunk_lanes(NoiseIsa isa, uint64_t seed, uint32_t offset, int64_t chunk, const float* x, float* y,
-                                float sp, float mp, float fn) {
+                                float sp, float mp, float fn, bool stream) {
 #ifdef STYLEDA_FAST_HAVE_NOISE_LANES
-  if (isa == NoiseIsa::kAvx512) return avx512::feature_chunk_fused(seed, offset, chunk, x, y, sp, mp, fn), true;
-  if (isa == NoiseIsa::kAvx2) return avx2::feature_chunk_fused(seed, offset, chunk, x, y, sp, mp, fn), true;
+  if (isa == NoiseIsa::kAvx512)
+    return avx512::feature_chunk_fused(seed, offset, chunk, x, y, sp, mp, fn, stream), true;
+  if (isa == NoiseIsa::kAvx2) return avx2::feature_chunk_fused(seed, offset, chunk, x, y, sp, mp, fn, stream), true;
 #endif
   return false;
 }
@@ -101,6 +102,8 @@ at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& m
     const A* m = mean.const_data_ptr<A>();
     const A* s = std.const_data_ptr<A>();
     const A fn = static_cast<A>(noise_scale);
+    // Streaming stores for the fused whole chunks: 4 KB apart, so aligned for any register when y is to 64 bytes.
+    const bool stream = use_streaming_stores(out.nbytes()) && reinterpret_cast<std::uintptr_t>(y) % 64 == 0;
     at::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
       std::vector<float> noise(chunk_size);
       const NoiseIsa isa = noise_isa();
@@ -109,7 +112,7 @@ at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& m
         // A whole chunk in one plane: the noise never leaves the registers.
         if (fn != A(0) && stop - base == chunk_size && base / pl.size == (stop - 1) / pl.size &&
             feature_chunk_lanes(isa, uint64_t(seed), static_cast<uint32_t>(offset), chunk, x + base, y + base,
-                                s[base / pl.size], m[base / pl.size], fn))
+                                s[base / pl.size], m[base / pl.size], fn, stream))
           continue;
         if (fn != A(0)) feature_noise(uint64_t(seed), static_cast<uint32_t>(offset), chunk, noise.data());
         for (int64_t e = base; e < stop;) {  // runs of one plane
@@ -133,6 +136,7 @@ at::Tensor noisy_style_features_cpu(const at::Tensor& xn_in, const at::Tensor& m
           e = run_end;
         }
       }
+      streaming_fence();
     });
   });
   return out;
