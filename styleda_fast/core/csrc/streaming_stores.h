@@ -70,12 +70,9 @@ inline void stream_scaled(float* dst, const float* src, float scale, int64_t n) 
   const int64_t head = std::min<int64_t>(n, ((64 - int64_t(reinterpret_cast<std::uintptr_t>(dst) & 63)) & 63) / 4);
   int64_t i = 0;
   for (; i < head; ++i) dst[i] = src[i] * scale;
-  if ((reinterpret_cast<std::uintptr_t>(dst + i) & 63) == 0) {  // a float row: its lines start at whole floats
-    const __m128 s = _mm_set1_ps(scale);
-    for (; i + 16 <= n; i += 16)
-      for (int q = 0; q < 4; ++q)
-        _mm_stream_ps(dst + i + 4 * q, _mm_mul_ps(_mm_loadu_ps(src + i + 4 * q), s));
-  }
+  const __m128 s = _mm_set1_ps(scale);  // dst + head starts a line (floats are 4-byte aligned)
+  for (; i + 16 <= n; i += 16)
+    for (int q = 0; q < 4; ++q) _mm_stream_ps(dst + i + 4 * q, _mm_mul_ps(_mm_loadu_ps(src + i + 4 * q), s));
   for (; i < n; ++i) dst[i] = src[i] * scale;
 #else
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * scale;

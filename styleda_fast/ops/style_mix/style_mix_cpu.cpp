@@ -217,10 +217,15 @@ int64_t contiguous_row_length(int64_t elements, int64_t width) {
   return width;
 }
 
-// The lanes of a task's rows (those of its first patch row for NCHW): what the vector loops walk.
+// The row length of the NCHW tasks of patch row i: the image's width, or a longer contiguous stretch where one
+// patch spans the width (contiguous_row_length).
+int64_t nchw_row_length(const PatchGrid& g, int64_t i) {
+  return g.grid_w == 1 ? contiguous_row_length((g.rows[i + 1] - g.rows[i]) * g.width, g.width) : g.width;
+}
+
+// The lanes of a task's rows (those of the first patch row for NCHW): what the vector loops walk.
 int64_t task_row_lanes(Layout layout, const PatchGrid& g) {
-  if (layout != Layout::kNCHW) return channel_block(g);
-  return g.grid_w == 1 ? contiguous_row_length((g.rows[1] - g.rows[0]) * g.width, g.width) : g.width;
+  return layout == Layout::kNCHW ? nchw_row_length(g, 0) : channel_block(g);
 }
 
 // Calls run(task, image, param, count, scratch) for every task of x's layout, in parallel. The task's row
@@ -230,10 +235,8 @@ int64_t task_row_lanes(Layout layout, const PatchGrid& g) {
 template <typename T, typename Run>
 void for_each_task(Layout layout, const PatchGrid& g, Run&& run) {
   if (layout == Layout::kNCHW) {
-    std::vector<int64_t> row_length(g.grid_h, g.width);
-    if (g.grid_w == 1)
-      for (int64_t i = 0; i < g.grid_h; ++i)
-        row_length[i] = contiguous_row_length((g.rows[i + 1] - g.rows[i]) * g.width, g.width);
+    std::vector<int64_t> row_length(g.grid_h);
+    for (int64_t i = 0; i < g.grid_h; ++i) row_length[i] = nchw_row_length(g, i);
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.height / g.grid_h * g.width));
     at::parallel_for(0, g.batch * g.channels * g.grid_h, grain, [&](int64_t begin, int64_t end) {
       Scratch<acc_t<T>> scratch;
