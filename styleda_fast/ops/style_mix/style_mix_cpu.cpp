@@ -13,7 +13,8 @@
 // NCHW statistics are two-pass (mean, then centered squares) over the task in L2; channels_last ones one pass from
 // memory, merging the (mean, M2) of chunks that fit in L1. Rows are summed in the accumulation type with SIMD lanes
 // and added to doubles, so long patches lose no precision. Outputs of 32 MB and more are written with streaming
-// stores (streaming_stores.h), and meanwhile an NCHW task requests the next task's input into L2.
+// stores (streaming_stores.h; float and double rows straight from vector registers, other dtypes through a cached
+// row), and meanwhile an NCHW task requests the next task's input into L2.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -23,12 +24,18 @@
 #include "output_buffers.h"
 #include "streaming_stores.h"
 
+#if defined(__x86_64__) || defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -169,6 +176,11 @@ inline void prefetch_for_write(T* p, int64_t n) {
 }
 
 namespace generic {
+#if defined(__SSE2__) && defined(__GNUC__)
+constexpr int kVectorBytes = 16;  // rows streamed from registers of this many bytes (0: through a buffer)
+#else
+constexpr int kVectorBytes = 0;
+#endif
 #include "style_mix_kernels.inc"
 }  // namespace generic
 
@@ -177,6 +189,7 @@ namespace generic {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
+constexpr int kVectorBytes = 32;
 #include "style_mix_kernels.inc"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -184,6 +197,7 @@ namespace avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq")
 namespace avx512 {
+constexpr int kVectorBytes = 64;
 #include "style_mix_kernels.inc"
 }  // namespace avx512
 #pragma GCC pop_options
