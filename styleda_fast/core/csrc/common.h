@@ -15,6 +15,14 @@
 #include <cstdlib>
 #include <cstring>
 
+// Marks a helper that only issues prefetches. GCC finds such a function free of side effects and deletes the calls
+// to it (so the prefetches vanish) unless it is inlined into its caller first.
+#if defined(__GNUC__)
+#define STYLEDA_FAST_PREFETCH_HELPER inline __attribute__((always_inline))
+#else
+#define STYLEDA_FAST_PREFETCH_HELPER inline
+#endif
+
 namespace styleda_fast {
 
 // Statistics and reductions accumulate in float64 for float64 inputs, else float32 (at::opmath_type gives

@@ -135,6 +135,11 @@ constexpr int64_t kRowsPerFlush = 64;
 // Bytes of the chunks of rows that the one-pass statistics re-read from L1.
 constexpr int64_t kChunkBytes = 16 * 1024;
 
+// How far ahead of its loads an NHWC reading pass requests its rows (prefetch_row_for_read). Measured on a 2-core
+// Xeon (Sapphire Rapids), (8, 256, 192, 192) channels_last float32, against none: statistics 0.94x the time, forward
+// into out= 0.95x, forward+backward 0.97x (AVX2 kernels 0.94x, 0.94x, 0.96x); 4 and 16 KB ahead gained less.
+constexpr int64_t kReadAheadBytes = 8 * 1024;
+
 // Elements of work below which a parallel region is not worth opening (ATen's own grain): small tensors run on the
 // calling thread instead of waiting for every intra-op thread, which costs most when another process keeps a core busy.
 constexpr int64_t kGrainElements = 32768;
@@ -168,7 +173,7 @@ inline int64_t rows_ahead(int64_t rows, int64_t row_bytes) {
 
 // Requests the cache lines of p[0..n) for writing into L2 (only lines that hold some of these elements).
 template <typename T>
-inline void prefetch_for_write(T* p, int64_t n) {
+STYLEDA_FAST_PREFETCH_HELPER void prefetch_for_write(T* p, int64_t n) {
   const auto begin = reinterpret_cast<std::uintptr_t>(p), end = reinterpret_cast<std::uintptr_t>(p + n);
   if (n > 0) __builtin_prefetch(p, 1, 2);
   for (std::uintptr_t line = (begin | 63) + 1; line < end; line += 64)
