@@ -64,21 +64,6 @@ inline void stream_copy(void* dst, const void* src, int64_t bytes) {
 #endif
 }
 
-// dst[i] = src[i] * scale for i < n, stored as stream_copy stores (whole 64-byte lines of dst streamed).
-inline void stream_scaled(float* dst, const float* src, float scale, int64_t n) {
-#if defined(__SSE2__)
-  const int64_t head = std::min<int64_t>(n, ((64 - int64_t(reinterpret_cast<std::uintptr_t>(dst) & 63)) & 63) / 4);
-  int64_t i = 0;
-  for (; i < head; ++i) dst[i] = src[i] * scale;
-  const __m128 s = _mm_set1_ps(scale);  // dst + head starts a line (floats are 4-byte aligned)
-  for (; i + 16 <= n; i += 16)
-    for (int q = 0; q < 4; ++q) _mm_stream_ps(dst + i + 4 * q, _mm_mul_ps(_mm_loadu_ps(src + i + 4 * q), s));
-  for (; i < n; ++i) dst[i] = src[i] * scale;
-#else
-  for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * scale;
-#endif
-}
-
 // Orders this thread's streaming stores before anything it does next (they are weakly ordered): called once by
 // each thread at the end of its share of a kernel, before other threads may read the output.
 inline void streaming_fence() {

@@ -170,7 +170,12 @@ void noisy_text_rows_lanes(NoiseIsa isa, const float* t, float* out, float* norm
       float* o = out + (j0 + i) * D;
       norm[j0 + i] = vn;
       if (stream) {
-        stream_scaled(o, v, inv_v, D);
+#ifdef STYLEDA_FAST_HAVE_NOISE_LANES
+        if (isa == NoiseIsa::kAvx512)
+          avx512::stream_scaled(o, v, inv_v, D);
+        else
+          avx2::stream_scaled(o, v, inv_v, D);
+#endif
       } else {
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) o[d] = v[d] * inv_v;
