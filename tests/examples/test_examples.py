@@ -213,6 +213,26 @@ def test_job_table_extrapolates_to_100_steps_and_80_templates():
     assert "| famix | public | 4.00 | 10% | 200.0 | 5.0% | 400.0 |" in table
 
 
+def test_job_table_without_bf16_rows_says_they_were_skipped():
+    """On a CPU without native bf16 the mining cases have no "ours fast" rows: the table still extrapolates."""
+    from styleda_fast.bench.jobs import job_table
+
+    def row(case, provider, ms):
+        return {"case": case, "provider": provider, "ms": ms, "throughput": 16 / (ms / 1e3), "spread": 0.1,
+                "shape": "16 img 192px, 8 cls"}  # fmt: skip
+
+    rows = [
+        row("famix mine, 1 step, 4 templates", "public", 10_000),
+        row("famix mine, 3 steps, 4 templates", "public", 16_000),
+        row("famix mine, 1 step, 4 templates", "ours", 5_000),
+        row("famix mine, 3 steps, 4 templates", "ours", 7_000),
+    ]
+    table = job_table(rows)
+    public, ours = (10 + 99 * 3) / 16, (5 + 99 * 1) / 16
+    line = f"| famix | {public:.2f} | {ours:.2f} | {ours:.2f} | skipped (no native bf16) | {public / ours:.2f}x |"
+    assert line in table
+
+
 @pytest.mark.parametrize("name", ["poda_train_step", "famix_train_step"])
 def test_example_is_the_package_command_line(name):
     """``examples/<name>.py`` runs the package's ``main`` (its options and help come from there)."""
