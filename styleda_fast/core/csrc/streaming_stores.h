@@ -39,13 +39,21 @@ inline bool use_streaming_stores(int64_t output_bytes) {
 #endif
 }
 
+// How many of n elements of element_size bytes from dst come before dst's first 64-byte line boundary (at most n):
+// the partial line that a streamed row writes with regular stores (a line half written by each kind would be
+// flushed twice).
+inline int64_t elements_before_line(const void* dst, int64_t n, int64_t element_size) {
+  const int64_t to_line = (64 - int64_t(reinterpret_cast<std::uintptr_t>(dst) & 63)) & 63;
+  return std::min<int64_t>(n, to_line / element_size);
+}
+
 // Copies `bytes` bytes from src (any alignment) to dst: the whole 64-byte lines of dst with streaming stores,
 // the partial lines at either end with regular ones (a line half written by each kind would be flushed twice).
 inline void stream_copy(void* dst, const void* src, int64_t bytes) {
 #if defined(__SSE2__)
   auto* d = static_cast<char*>(dst);
   const auto* s = static_cast<const char*>(src);
-  const int64_t head = std::min<int64_t>(bytes, (64 - int64_t(reinterpret_cast<std::uintptr_t>(d) & 63)) & 63);
+  const int64_t head = elements_before_line(d, bytes, 1);
   std::memcpy(d, s, head);
   int64_t k = head;
   for (; k + 64 <= bytes; k += 64) {

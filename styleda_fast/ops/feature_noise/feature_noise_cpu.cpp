@@ -15,6 +15,7 @@
 #include "common.h"
 #include "counter_noise.h"
 #include "output_buffers.h"
+#include "streaming_stores.h"
 
 TORCH_LIBRARY_FRAGMENT(styleda_fast, m) {
   m.set_python_module("styleda_fast.ops.feature_noise._ops");  // where the fake kernels live
